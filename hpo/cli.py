@@ -1,0 +1,99 @@
+"""The ``hpo`` command. Heavy imports (Ray, Optuna, torch) happen inside the subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from hpo import __version__
+
+
+class UsageError(Exception):
+    """A mistake in the command line or its inputs: printed as one line, exit code 2."""
+
+
+def _cmd_version(args: argparse.Namespace) -> int:
+    print(f"bmo-hpo {__version__}")
+    return 0
+
+
+def _parse_assignments(pairs: list[str]) -> dict:
+    """``key=value`` strings → dict, values parsed as YAML scalars (``3`` → int, ``true`` → bool)."""
+    import yaml
+
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--set expects key=value, got {pair!r}")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    """Train one BMO model (no tuning) and print its progress and final validation figures."""
+    import dataclasses
+
+    import torch
+
+    from workers import BMOConfig, BMOError, make_problem, train
+
+    torch.set_num_threads(args.threads)
+    settings = _parse_assignments(args.set)
+    fields = {f.name for f in dataclasses.fields(BMOConfig)}
+    config_values = {k: v for k, v in settings.items() if k in fields}
+    task_args = {k: v for k, v in settings.items() if k not in fields}
+    try:
+        problem = make_problem(args.task, task_args)
+        config = BMOConfig.from_dict(config_values)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    every = max(1, config.outer_steps // 10)
+
+    def report(step: int, m: dict) -> None:
+        if step % every == 0 or step == config.outer_steps:
+            vals = "  ".join(f"{k}={v:.4g}" for k, v in m.items() if k.startswith("val_"))
+            print(f"step {step:>6}/{config.outer_steps}  upper_loss={m['upper_loss']:.4g}  "
+                  f"fp_residual={m['fp_residual']:.3g}  {vals}  [{m['seconds']:.1f}s]", flush=True)
+
+    try:
+        result = train(problem, config, report=report)
+    except BMOError as e:
+        print(f"hpo: error: {e}", file=sys.stderr)
+        return 1
+    print(f"done in {result.seconds:.1f}s on {result.device}: " + "  ".join(f"{k}={v:.4g}" for k, v in result.final.items()))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with one subparser per command."""
+    parser = argparse.ArgumentParser(prog="hpo", description="Tune BMO solvers with Ray Tune and Optuna.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    p = sub.add_parser("version", help="print the version")
+    p.set_defaults(func=_cmd_version)
+
+    p = sub.add_parser("train", help="train one BMO model on a task, without tuning")
+    p.add_argument("task", help="registry name (e.g. sparse_coding) or module:Class of your own Problem")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a BMOConfig field or task argument, e.g. --set mu=0.1 --set m=250 (repeatable)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: fastest per process on CPU)")
+    p.set_defaults(func=_cmd_train)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``hpo`` console script; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "func"):
+        parser.print_help()
+        return 0
+    try:
+        return args.func(args)
+    except UsageError as e:
+        print(f"hpo: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""BMOConfig validation: every bad value is a ValueError naming the field and the value."""
+
+import dataclasses
+
+import pytest
+
+from workers import BMOConfig
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("K", 0),
+        ("K", 2.5),
+        ("K", True),
+        ("mu", -0.1),
+        ("mu", 1.5),
+        ("mu", float("nan")),
+        ("s0", 0.0),
+        ("s_power", 0.0),
+        ("s_power", 1.2),
+        ("gamma", -1e-3),
+        ("outer_steps", -1),
+        ("optimizer", "rmsprop"),
+        ("hypergrad", "backprop"),
+        ("truncate", 0),
+        ("restarts", -1),
+        ("warm_start", "yes"),
+        ("eval_mu", 1.0),
+        ("eval_K", 0),
+        ("eval_every", 0),
+        ("device", "tpu"),
+        ("grad_clip", 0.0),
+        ("seed", -3),
+    ],
+)
+def test_bad_value_names_field_and_value(field, value):
+    with pytest.raises(ValueError) as info:
+        BMOConfig(**{field: value})
+    message = str(info.value)
+    assert f"{field}=" in message and repr(value) in message
+
+
+def test_truncate_longer_than_K_is_rejected():
+    with pytest.raises(ValueError, match="truncate"):
+        BMOConfig(K=4, hypergrad="truncated", truncate=5)
+
+
+def test_from_dict_rejects_unknown_keys_by_name():
+    with pytest.raises(ValueError, match="'Kay'"):
+        BMOConfig.from_dict({"Kay": 3})
+    assert BMOConfig.from_dict({"K": 3}).K == 3
+
+
+def test_defaults_are_valid_and_eval_steps_defaults_to_K():
+    config = BMOConfig(K=7)
+    assert config.eval_steps == 7
+    assert dataclasses.replace(config, eval_K=30).eval_steps == 30

@@ -1,0 +1,96 @@
+"""One conformance suite for every task in the registry (shapes, dtypes, batches, seeding, nonexpansiveness)."""
+
+import math
+
+import pytest
+import torch
+
+from workers import BMOConfig, Problem, make_problem, train
+
+# Each registered task with its small test arguments, one entry per operator form.
+CASES = [
+    ("sparse_coding", {"operator": op, "m": 16, "n": 32, "layers": 4, "batch_size": 8, "val_size": 12, "test_size": 10})
+    for op in ("ista", "fista", "tied_coupled", "untied_coupled", "lista_tied", "lista_untied")
+]
+
+
+def _ids(case):
+    return f"{case[0]}-{case[1].get('operator', '')}"
+
+
+@pytest.fixture(params=CASES, ids=_ids)
+def case(request):
+    return request.param
+
+
+def test_every_registered_task_is_covered():
+    from workers import TASKS
+
+    assert {name for name, _ in CASES} == set(TASKS)
+
+
+def test_shapes_dtypes_and_losses(case, device):
+    problem = make_problem(*case).to(device)
+    assert isinstance(problem, Problem)
+    for split in ("train", "val", "test"):
+        batch = next(iter(problem.batches(split)))
+        u0 = problem.init(batch)
+        assert u0.device.type == device and u0.dtype == problem.dtype
+        for k in (1, 2, 100):
+            tu = problem.operator(u0, batch, k)
+            assert tu.shape == u0.shape and tu.dtype == u0.dtype
+        assert problem.project(u0, batch).shape == u0.shape
+        loss = problem.upper_loss(u0, batch)
+        assert loss.ndim == 0 and math.isfinite(float(loss))
+        assert problem.upper_grad(u0, batch).shape == u0.shape
+        metrics = problem.metrics(problem.operator(u0, batch, 1), batch)
+        assert metrics and all(isinstance(v, float) and math.isfinite(v) for v in metrics.values())
+
+
+def test_train_batches_are_fresh_and_eval_batches_fixed(case):
+    problem = make_problem(*case)
+    stream = iter(problem.batches("train"))
+    a, b = next(stream), next(stream)
+    assert not torch.equal(a.y, b.y)
+    for split in ("val", "test"):
+        first, again = list(problem.batches(split)), list(problem.batches(split))
+        assert len(first) == len(again) >= 1
+        assert all(torch.equal(p.y, q.y) for p, q in zip(first, again))
+    assert not torch.equal(next(iter(problem.batches("val"))).y, next(iter(problem.batches("test"))).y)
+
+
+def test_data_and_parameters_are_seeded(case):
+    name, args = case
+    one, two, other = make_problem(name, args), make_problem(name, args), make_problem(name, {**args, "seed": 1})
+    assert torch.equal(next(iter(one.batches("train"))).y, next(iter(two.batches("train"))).y)
+    assert torch.equal(next(iter(one.batches("val"))).y, next(iter(two.batches("val"))).y)
+    assert not torch.equal(next(iter(one.batches("val"))).y, next(iter(other.batches("val"))).y)
+    for p, q in zip(one.state_dict().values(), two.state_dict().values()):
+        assert torch.equal(p, q)
+
+
+def test_operator_is_nonexpansive_where_claimed(case):
+    problem = make_problem(*case)
+    if not problem.nonexpansive:
+        pytest.skip("the task does not claim T nonexpansive")
+    batch = next(iter(problem.batches("val")))
+    g = torch.Generator().manual_seed(0)
+    u0 = problem.init(batch)
+    with torch.no_grad():
+        for _ in range(20):
+            u = torch.randn(u0.shape, generator=g, dtype=u0.dtype)
+            v = torch.randn(u0.shape, generator=g, dtype=u0.dtype)
+            for k in (1, 5):
+                lhs = torch.linalg.vector_norm(problem.operator(u, batch, k) - problem.operator(v, batch, k))
+                assert lhs <= torch.linalg.vector_norm(u - v) * (1 + 1e-5)
+
+
+def test_a_short_training_run_stays_finite(case):
+    problem = make_problem(*case)
+    result = train(problem, BMOConfig(K=4, outer_steps=3, eval_every=3, device="cpu"))
+    assert all(math.isfinite(v) for v in result.final.values())
+
+
+def test_unknown_task_argument_is_named():
+    with pytest.raises(ValueError, match="'bogus'"):
+        make_problem("sparse_coding", {"bogus": 1})

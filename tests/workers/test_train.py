@@ -1,0 +1,82 @@
+"""The outer loop: reports, learning, divergence, devices."""
+
+import math
+
+import pytest
+import torch
+
+from tests.reference_problems import SmoothContractive
+from workers import BMOConfig, DivergenceError, inner_solve, make_problem, train
+
+
+@pytest.mark.parametrize("hypergrad", ["unroll", "truncated", "implicit", "jfb"])
+def test_train_lowers_the_upper_loss_and_reports_every_step(hypergrad, device):
+    problem = make_problem("sparse_coding", {"batch_size": 50, "val_size": 200, "test_size": 10})
+    config = BMOConfig(mu=0.1, K=8, gamma=1e-3, outer_steps=60, hypergrad=hypergrad, truncate=3, eval_every=20, device=device)
+    reports = []
+    result = train(problem, config, report=lambda step, m: reports.append((step, m)))
+    assert [s for s, _ in reports] == list(range(1, 61))
+    for _, m in reports:
+        assert {"upper_loss", "fp_residual", "val_nmse_db", "val_fp_residual", "seconds"} <= set(m)
+        assert all(math.isfinite(v) for v in m.values())
+    first = sum(m["upper_loss"] for _, m in reports[:10])
+    last = sum(m["upper_loss"] for _, m in reports[-10:])
+    assert last < first
+    assert result.final["val_nmse_db"] == reports[-1][1]["val_nmse_db"]
+    assert result.device.startswith(device)
+
+
+def test_training_is_seeded():
+    def run():
+        problem = make_problem("sparse_coding", {"batch_size": 20, "val_size": 50, "seed": 3})
+        return train(problem, BMOConfig(K=4, outer_steps=5, device="cpu")).trace
+
+    a, b = run(), run()
+    assert [m["upper_loss"] for m in a] == [m["upper_loss"] for m in b]
+
+
+class _Explodes(SmoothContractive):
+    """T returns inf from inner step 3 on."""
+
+    def operator(self, u, batch, k):
+        out = super().operator(u, batch, k)
+        return out * math.inf if k >= 3 else out
+
+
+def test_divergent_inner_solve_names_outer_and_inner_step():
+    with pytest.raises(DivergenceError) as info:
+        train(_Explodes(), BMOConfig(K=5, outer_steps=3, device="cpu"))
+    assert (info.value.outer_step, info.value.inner_step, info.value.where) == (1, 3, "u")
+    assert "outer step 1, inner step 3" in str(info.value)
+
+
+def test_divergent_outer_step_is_reported_as_omega():
+    problem = SmoothContractive()
+    with pytest.raises(DivergenceError) as info:
+        train(problem, BMOConfig(K=3, outer_steps=5, optimizer="sgd", gamma=1e308, device="cpu"))
+    assert info.value.where == "omega" and info.value.inner_step is None
+    assert "omega is not finite at outer step" in str(info.value)
+
+
+def test_inner_solve_trace_has_one_residual_per_step():
+    problem = SmoothContractive()
+    batch = next(problem.batches("val"))
+    with torch.no_grad():
+        sol = inner_solve(problem, batch, BMOConfig(mu=0.0, K=10), trace=True)
+    assert len(sol.residuals) == 10
+    assert sol.residuals[-1] < sol.residuals[0] * 0.5**5  # ρ = 0.5 contraction
+
+
+def test_warm_start_reuses_the_previous_iterate():
+    problem = SmoothContractive()
+    cold = train(SmoothContractive(), BMOConfig(mu=0.0, K=2, outer_steps=3, gamma=1e-9, device="cpu")).trace
+    warm = train(problem, BMOConfig(mu=0.0, K=2, outer_steps=3, gamma=1e-9, warm_start=True, device="cpu")).trace
+    # From the second step on, the warm start begins nearer the fixed point.
+    assert warm[2]["fp_residual"] < cold[2]["fp_residual"]
+
+
+def test_cuda_request_without_cuda_is_an_error():
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is present")
+    with pytest.raises(ValueError, match="cuda"):
+        train(SmoothContractive(), BMOConfig(outer_steps=1, device="cuda"))

@@ -1,0 +1,405 @@
+"""Bilevel Meta Optimization (BMO, Algorithm 1 of Liu et al., ICML 2022).
+
+The inner solve (lines 5-7)::
+
+    v_l = T(u^{k-1}, ω)
+    v_u = u^{k-1} - s_k H⁻¹ ∂_u ℓ(u^{k-1}; ω),    s_k = s0 / (k+1)^p
+    u^k = Proj(μ v_u + (1-μ) v_l)
+
+and the outer step (line 9) ω ← ω - γ ∂_ω ℓ(u^K(ω); ω), with the hypergradient
+computed by ``config.hypergrad``:
+
+- ``unroll``: backpropagate through all K steps (memory O(K));
+- ``truncated``: through the last ``truncate`` steps;
+- ``jfb``: Jacobian-free backprop, through the last step only (memory O(1));
+- ``implicit``: implicit differentiation at the fixed point of T, the adjoint
+  equation v = ∂_uℓ + (∂_uT)ᵀv solved by fixed-point iteration.
+
+``restarts = R`` ("Restarted contractive operators to learn at equilibrium"):
+R blocks of K steps without gradient, each restarting the step-size schedule
+from the last iterate, then the K-step block that the mode differentiates.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from workers.problem import Problem
+
+HYPERGRAD_MODES = ("unroll", "truncated", "implicit", "jfb")
+OPTIMIZERS = ("sgd", "adam")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class BMOError(RuntimeError):
+    """Root of the solver's own run-time errors (bad arguments are ``ValueError``)."""
+
+
+class DivergenceError(BMOError):
+    """The iterate u or the variables ω became NaN or infinite."""
+
+    def __init__(self, outer_step: int, inner_step: int | None, where: str):
+        self.outer_step, self.inner_step, self.where = outer_step, inner_step, where
+        at = f"outer step {outer_step}" + (f", inner step {inner_step}" if inner_step is not None else "")
+        super().__init__(f"diverged: {where} is not finite at {at}")
+
+
+def _check_int(name: str, value, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"BMOConfig.{name} must be an integer >= {minimum}, got {name}={value!r}")
+
+
+def _check_real(name: str, value, low: float, high: float, *, low_open=False, high_open=False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if ok:
+        ok = (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
+    if not ok:
+        lo, hi = ("(" if low_open else "["), (")" if high_open else "]")
+        raise ValueError(f"BMOConfig.{name} must be a number in {lo}{low}, {high}{hi}, got {name}={value!r}")
+
+
+def _check_choice(name: str, value, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"BMOConfig.{name} must be one of {', '.join(choices)}, got {name}={value!r}")
+
+
+@dataclass(frozen=True)
+class BMOConfig:
+    """Every knob of BMO; each field is a key a search space may tune."""
+
+    mu: float = 0.1  # weight of the upper-level descent step in the inner solve
+    K: int = 16  # inner steps
+    s0: float = 1.0  # inner step size s_k = s0 / (k+1)^s_power
+    s_power: float = 0.5
+    gamma: float = 1e-3  # outer learning rate
+    outer_steps: int = 1000
+    optimizer: str = "adam"  # "sgd" | "adam"
+    hypergrad: str = "unroll"  # "unroll" | "truncated" | "implicit" | "jfb"
+    truncate: int = 1  # taped steps for hypergrad="truncated"
+    restarts: int = 0  # untaped K-step blocks before the differentiated block
+    warm_start: bool = False  # start each inner solve from the previous outer step's u^K
+    eval_mu: float = 0.0  # μ of the evaluation step
+    eval_K: int | None = None  # inner steps at evaluation (None: K)
+    eval_every: int = 1  # outer steps between validations
+    implicit_tol: float = 1e-6  # relative tolerance of the adjoint solve
+    implicit_maxiter: int = 200
+    grad_clip: float | None = None  # max global norm of the hypergradient (None: off)
+    device: str = "auto"  # "auto" (CUDA when available) | "cpu" | "cuda"
+    seed: int = 0
+
+    def __post_init__(self):
+        _check_real("mu", self.mu, 0.0, 1.0)
+        _check_int("K", self.K, 1)
+        _check_real("s0", self.s0, 0.0, math.inf, low_open=True, high_open=True)
+        _check_real("s_power", self.s_power, 0.0, 1.0, low_open=True)
+        _check_real("gamma", self.gamma, 0.0, math.inf, low_open=True, high_open=True)
+        _check_int("outer_steps", self.outer_steps, 0)
+        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        _check_choice("hypergrad", self.hypergrad, HYPERGRAD_MODES)
+        _check_int("truncate", self.truncate, 1)
+        if self.hypergrad == "truncated" and self.truncate > self.K:
+            raise ValueError(f"BMOConfig.truncate must be <= K={self.K}, got truncate={self.truncate}")
+        _check_int("restarts", self.restarts, 0)
+        if not isinstance(self.warm_start, bool):
+            raise ValueError(f"BMOConfig.warm_start must be true or false, got warm_start={self.warm_start!r}")
+        _check_real("eval_mu", self.eval_mu, 0.0, 1.0, high_open=True)
+        if self.eval_K is not None:
+            _check_int("eval_K", self.eval_K, 1)
+        _check_int("eval_every", self.eval_every, 1)
+        _check_real("implicit_tol", self.implicit_tol, 0.0, 1.0, low_open=True, high_open=True)
+        _check_int("implicit_maxiter", self.implicit_maxiter, 1)
+        if self.grad_clip is not None:
+            _check_real("grad_clip", self.grad_clip, 0.0, math.inf, low_open=True, high_open=True)
+        _check_choice("device", self.device, DEVICES)
+        _check_int("seed", self.seed, 0)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> BMOConfig:
+        """Build a config from a mapping, rejecting unknown keys by name."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"BMOConfig has no field {unknown[0]!r} (fields: {', '.join(sorted(known))})")
+        return cls(**values)
+
+    @property
+    def eval_steps(self) -> int:
+        """Inner steps used at evaluation."""
+        return self.K if self.eval_K is None else self.eval_K
+
+
+class InnerSolution(NamedTuple):
+    """u^K and, when asked, the relative fixed-point residual ‖u^k - T(u^k)‖/‖u^k‖ per k."""
+
+    u: Tensor
+    residuals: list[float] | None
+
+
+@dataclass
+class TrainResult:
+    """What ``train`` returns: the per-step trace and the last validation metrics."""
+
+    trace: list[dict[str, float]] = field(default_factory=list)
+    final: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+    device: str = "cpu"
+
+
+def step_size(config: BMOConfig, k: int) -> float:
+    """The inner step size s_k = s0 / (k+1)^p."""
+    return config.s0 / (k + 1) ** config.s_power
+
+
+def resolve_device(name: str) -> torch.device:
+    """Map ``config.device`` to a torch device; "cuda" without CUDA is an error, never a fallback."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("BMOConfig.device is 'cuda' but torch sees no CUDA device")
+    return torch.device(name)
+
+
+def bmo_step(problem: Problem, u: Tensor, batch, k: int, mu: float, s_k: float) -> Tensor:
+    """One inner BMO step (Algorithm 1, lines 5-7)."""
+    v_l = problem.operator(u, batch, k)
+    if mu == 0.0:
+        return problem.project(v_l, batch)
+    v_u = u - s_k * problem.metric_inv(problem.upper_grad(u, batch), batch)
+    return problem.project(mu * v_u + (1.0 - mu) * v_l, batch)
+
+
+def km_step(problem: Problem, u: Tensor, batch, k: int, mu: float) -> Tensor:
+    """One Krasnoselskii-Mann step u ← Proj(μ u + (1-μ) T(u)), used at evaluation."""
+    v = problem.operator(u, batch, k)
+    return problem.project(v if mu == 0.0 else mu * u + (1.0 - mu) * v, batch)
+
+
+def fp_residual(problem: Problem, u: Tensor, batch, k: int) -> float:
+    """Relative fixed-point residual ‖u - T(u)‖ / ‖u‖."""
+    with torch.no_grad():
+        r = torch.linalg.vector_norm(u - problem.operator(u, batch, k))
+        return float(r / torch.linalg.vector_norm(u).clamp_min(torch.finfo(u.dtype).tiny))
+
+
+class _Watch:
+    """Remembers the first inner step whose iterate is not finite, without a device sync per step."""
+
+    def __init__(self, u: Tensor):
+        self.first_bad = torch.zeros((), dtype=torch.long, device=u.device)
+
+    def see(self, u: Tensor, step: int) -> None:
+        bad = ~torch.isfinite(u.detach()).all()
+        self.first_bad = torch.where(bad & (self.first_bad == 0), step, self.first_bad)
+
+    def check(self, outer_step: int) -> None:
+        step = int(self.first_bad)
+        if step:
+            raise DivergenceError(outer_step, step, "u")
+
+
+def _run_block(problem, batch, u, config, ks: range, *, mu: float, full: bool, watch: _Watch, offset: int):
+    for k in ks:
+        u = bmo_step(problem, u, batch, k, mu, step_size(config, k)) if full else km_step(problem, u, batch, k, mu)
+        watch.see(u, offset + k)
+    return u
+
+
+def inner_solve(
+    problem: Problem,
+    batch,
+    config: BMOConfig,
+    *,
+    u0: Tensor | None = None,
+    K: int | None = None,
+    mu: float | None = None,
+    trace: bool = False,
+    outer_step: int = 0,
+) -> InnerSolution:
+    """Run K inner BMO steps from u⁰ (Algorithm 1, lines 4-7) and return u^K.
+
+    Differentiable when called with gradients enabled. ``K`` and ``mu`` default to
+    the config's. Raises ``DivergenceError`` naming the first non-finite step.
+    """
+    K = config.K if K is None else K
+    mu = config.mu if mu is None else mu
+    u = problem.init(batch) if u0 is None else u0
+    watch, residuals = _Watch(u), ([] if trace else None)
+    for k in range(1, K + 1):
+        u = bmo_step(problem, u, batch, k, mu, step_size(config, k))
+        watch.see(u, k)
+        if trace:
+            residuals.append(fp_residual(problem, u, batch, k + 1))
+    watch.check(outer_step)
+    return InnerSolution(u, residuals)
+
+
+def evaluate_solve(problem: Problem, batch, config: BMOConfig, *, K: int | None = None, trace: bool = False):
+    """The evaluation solve: T alone (KM step with eval_mu) when ℓ needs ground truth, else the BMO step.
+
+    Returns ``(u, per_layer)``, where ``per_layer`` (when ``trace``) lists for each
+    k = 1..K the problem's metrics plus ``fp_residual``.
+    """
+    K = config.eval_steps if K is None else K
+    full = not problem.upper_loss_needs_truth
+    per_layer = [] if trace else None
+    with torch.no_grad():
+        u = problem.init(batch)
+        watch = _Watch(u)
+        for k in range(1, K + 1):
+            u = _run_block(problem, batch, u, config, range(k, k + 1), mu=config.eval_mu, full=full, watch=watch, offset=0)
+            if trace:
+                per_layer.append({**problem.metrics(u, batch), "fp_residual": fp_residual(problem, u, batch, k + 1)})
+        watch.check(0)
+    return u, per_layer
+
+
+def evaluate(problem: Problem, config: BMOConfig, split: str = "val", *, K: int | None = None) -> dict[str, float]:
+    """Mean metrics (and fixed-point residual) of the evaluation solve over the batches of ``split``."""
+    K = config.eval_steps if K is None else K
+    sums: dict[str, float] = {}
+    n = 0
+    for batch in problem.batches(split):
+        u, _ = evaluate_solve(problem, batch, config, K=K)
+        values = {**problem.metrics(u, batch), "fp_residual": fp_residual(problem, u, batch, K + 1)}
+        for name, v in values.items():
+            sums[name] = sums.get(name, 0.0) + float(v)
+        n += 1
+    if n == 0:
+        raise ValueError(f"problem {type(problem).__name__} yields no batches for split {split!r}")
+    return {name: v / n for name, v in sums.items()}
+
+
+def layer_metrics(problem: Problem, config: BMOConfig, split: str = "test", *, K: int | None = None) -> list[dict]:
+    """Metrics after each evaluation layer k = 1..K, averaged over the batches of ``split``."""
+    K = config.eval_steps if K is None else K
+    total: list[dict[str, float]] | None = None
+    n = 0
+    for batch in problem.batches(split):
+        _, per_layer = evaluate_solve(problem, batch, config, K=K, trace=True)
+        if total is None:
+            total = [dict.fromkeys(layer, 0.0) for layer in per_layer]
+        for acc, layer in zip(total, per_layer):
+            for name, v in layer.items():
+                acc[name] += float(v)
+        n += 1
+    return [{"k": k, **{name: v / n for name, v in acc.items()}} for k, acc in enumerate(total or [], start=1)]
+
+
+def _trainable(problem: Problem) -> list[torch.nn.Parameter]:
+    return [p for p in problem.parameters() if p.requires_grad]
+
+
+def _implicit_grads(problem, batch, config, u_star: Tensor, params, k: int):
+    """Implicit hypergradient at u* = T(u*): solve v = ∂_uℓ + (∂_uT)ᵀ v, then ∂_ωℓ + (∂_ωT)ᵀ v."""
+    u_star = u_star.detach().requires_grad_(True)
+    loss = problem.upper_loss(u_star, batch)
+    g_u, *g_direct = torch.autograd.grad(loss, [u_star, *params], allow_unused=True)
+    f = problem.project(problem.operator(u_star, batch, k), batch)
+    v = g_u
+    g_norm = torch.linalg.vector_norm(g_u).clamp_min(torch.finfo(g_u.dtype).tiny)
+    for _ in range(config.implicit_maxiter):
+        (jtv,) = torch.autograd.grad(f, u_star, v, retain_graph=True)
+        v_next = g_u + jtv
+        done = torch.linalg.vector_norm(v_next - v) <= config.implicit_tol * g_norm
+        v = v_next
+        if bool(done):
+            break
+    g_through = torch.autograd.grad(f, params, v, allow_unused=True)
+    grads = [
+        None if a is None and b is None else (a if b is None else b if a is None else a + b)
+        for a, b in zip(g_direct, g_through)
+    ]
+    return loss.detach(), grads
+
+
+def hypergradient(problem: Problem, batch, config: BMOConfig, *, u0: Tensor | None = None, outer_step: int = 0):
+    """The loss ℓ(u^K(ω); ω) and its gradient w.r.t. the trainable parameters, by ``config.hypergrad``.
+
+    Returns ``(loss, u_K, grads)``; ``grads`` aligns with the problem's trainable
+    parameters (``None`` where ℓ does not depend on one).
+    """
+    params = _trainable(problem)
+    K, R = config.K, config.restarts
+    u = problem.init(batch) if u0 is None else u0
+    u = u.detach()
+    watch = _Watch(u)
+    taped = {"unroll": K, "truncated": config.truncate, "jfb": 1, "implicit": 0}[config.hypergrad]
+    with torch.no_grad():
+        for r in range(R):  # restart blocks: K steps each, schedule restarted
+            u = _run_block(problem, batch, u, config, range(1, K + 1), mu=config.mu, full=True, watch=watch, offset=r * K)
+        u = _run_block(problem, batch, u, config, range(1, K - taped + 1), mu=config.mu, full=True, watch=watch, offset=R * K)
+    if config.hypergrad == "implicit":
+        watch.check(outer_step)
+        loss, grads = _implicit_grads(problem, batch, config, u, params, K)
+        return loss, u, grads
+    u = _run_block(problem, batch, u, config, range(K - taped + 1, K + 1), mu=config.mu, full=True, watch=watch, offset=R * K)
+    watch.check(outer_step)
+    loss = problem.upper_loss(u, batch)
+    grads = list(torch.autograd.grad(loss, params, allow_unused=True)) if params and loss.requires_grad else [None] * len(params)
+    return loss.detach(), u.detach(), grads
+
+
+def _make_optimizer(config: BMOConfig, params):
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=config.gamma)
+    return torch.optim.SGD(params, lr=config.gamma)
+
+
+def train(
+    problem: Problem,
+    config: BMOConfig,
+    report: Callable[[int, dict[str, float]], None] | None = None,
+) -> TrainResult:
+    """Outer loop of BMO (Algorithm 1, line 9): ``outer_steps`` hypergradient steps on ω.
+
+    Calls ``report(step, metrics)`` after every outer step with ``upper_loss``,
+    ``fp_residual`` (of the training batch's u^K), ``seconds`` and the last
+    validation metrics prefixed ``val_`` (validated at the first step, every
+    ``eval_every`` steps and at the last step). Raises ``DivergenceError`` when u or ω stops being finite.
+    """
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    problem.to(device)
+    params = _trainable(problem)
+    optimizer = _make_optimizer(config, params) if params else None
+    result = TrainResult(device=str(device))
+    start = time.perf_counter()
+    train_batches = iter(problem.batches("train"))
+    u_prev: Tensor | None = None
+    val: dict[str, float] = {}
+    for step in range(1, config.outer_steps + 1):
+        batch = next(train_batches)
+        u0 = problem.init(batch)
+        if config.warm_start and u_prev is not None and u_prev.shape == u0.shape:
+            u0 = u_prev
+        loss, u_K, grads = hypergradient(problem, batch, config, u0=u0, outer_step=step)
+        if optimizer is not None:
+            for p, g in zip(params, grads):
+                p.grad = g
+            if config.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+            optimizer.step()
+            if not all(bool(torch.isfinite(p).all()) for p in params):
+                raise DivergenceError(step, None, "omega")
+        u_prev = u_K
+        metrics = {"upper_loss": float(loss), "fp_residual": fp_residual(problem, u_K, batch, config.K + 1)}
+        if not math.isfinite(metrics["upper_loss"]):
+            raise DivergenceError(step, None, "upper_loss")
+        if step == 1 or step % config.eval_every == 0 or step == config.outer_steps:
+            val = {f"val_{name}": v for name, v in evaluate(problem, config, "val").items()}
+        metrics.update(val)
+        metrics["seconds"] = time.perf_counter() - start
+        result.trace.append(metrics)
+        if report is not None:
+            report(step, metrics)
+    result.seconds = time.perf_counter() - start
+    result.final = val if config.outer_steps else {f"val_{k}": v for k, v in evaluate(problem, config, "val").items()}
+    return result

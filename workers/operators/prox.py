@@ -1,0 +1,11 @@
+"""Proximal maps with closed forms."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def soft_threshold(x: Tensor, theta: Tensor | float) -> Tensor:
+    """prox of θ‖·‖₁: sign(x)·max(|x| - θ, 0), elementwise (θ broadcasts)."""
+    return torch.sign(x) * torch.relu(x.abs() - theta)

@@ -1,0 +1,126 @@
+"""The Problem interface: what a task gives the BMO solver.
+
+A problem is a ``torch.nn.Module``; its parameters are the hyper-training
+variables ω that BMO's outer loop learns. Write your own in one file::
+
+    import torch
+    from workers import Problem
+
+    class Denoise(Problem):
+        nonexpansive = True                      # T is 1-Lipschitz in u (checked by tests)
+
+        def __init__(self, n=32, seed=0):
+            super().__init__()
+            self.log_step = torch.nn.Parameter(torch.tensor(-1.0))   # ω
+            self.n, self.seed = n, seed
+
+        def init(self, batch):                   # u⁰
+            return torch.zeros_like(batch.y)
+
+        def operator(self, u, batch, k):         # T(u, ω); k = inner step, 1-based
+            t = torch.sigmoid(self.log_step)
+            return (1 - t) * u + t * batch.y
+
+        def upper_loss(self, u, batch):          # ℓ(u; ω): mean over the batch
+            return 0.5 * ((u - batch.x) ** 2).sum(-1).mean()
+
+        def metrics(self, u, batch):
+            return {"mse": float(((u - batch.x) ** 2).mean())}
+
+        def batches(self, split):                # "train": endless; "val"/"test": finite
+            ...
+
+Conventions:
+
+- The first dimension of ``u`` is the batch. ``upper_loss`` is a scalar mean over
+  the batch; ``upper_grad`` returns the gradient of the *per-sample* loss (the
+  default multiplies autograd's gradient of the mean by the batch size), so the
+  inner step size ``s_k`` does not depend on the batch size.
+- ``batches("train")`` yields fresh batches forever (online data);
+  ``batches("val")`` and ``batches("test")`` yield the same finite list every
+  time. Batches are any object with tensors on ``self.device``.
+- ``operator`` receives the inner step index ``k`` (1-based); a stationary
+  operator ignores it, an untied network (one set of weights per layer) uses it.
+- Set ``nonexpansive = True`` only when T is 1-Lipschitz in ``u`` by
+  construction: the conformance suite checks it on random pairs.
+- Set ``upper_loss_needs_truth = False`` when ℓ needs no ground truth; the solver
+  then evaluates with the full BMO step instead of the plain fixed-point step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import Tensor, nn
+
+
+class Problem(nn.Module):
+    """Base class of every task: T(u, ω), ℓ(u; ω), data and metrics."""
+
+    #: ℓ uses ground truth, so at evaluation only T is iterated.
+    upper_loss_needs_truth: bool = True
+    #: T is nonexpansive in u by construction (the conformance suite checks it).
+    nonexpansive: bool = False
+
+    def init(self, batch) -> Tensor:
+        """Return the initial iterate u⁰ for ``batch``."""
+        raise NotImplementedError
+
+    def operator(self, u: Tensor, batch, k: int) -> Tensor:
+        """Return T(u, ω) for ``batch`` at inner step ``k`` (1-based)."""
+        raise NotImplementedError
+
+    def upper_loss(self, u: Tensor, batch) -> Tensor:
+        """Return the upper-level loss ℓ(u; ω), a scalar mean over the batch."""
+        raise NotImplementedError
+
+    def metrics(self, u: Tensor, batch) -> dict[str, float]:
+        """Return quality metrics of ``u`` on ``batch`` (e.g. ``psnr``, ``nmse_db``)."""
+        raise NotImplementedError
+
+    def batches(self, split: str) -> Iterable:
+        """Yield batches of ``split``: "train" (endless), "val" or "test" (finite, fixed)."""
+        raise NotImplementedError
+
+    # Optional overrides -----------------------------------------------------------
+
+    def upper_grad(self, u: Tensor, batch) -> Tensor:
+        """Per-sample gradient ∂_u ℓ(u; ω); override with a closed form when known."""
+        taped = torch.is_grad_enabled()  # inside a taped solve the gradient must stay differentiable
+        with torch.enable_grad():
+            leaf = u if u.requires_grad else u.detach().requires_grad_(True)
+            loss = self.upper_loss(leaf, batch) * u.shape[0]
+            (grad,) = torch.autograd.grad(loss, leaf, create_graph=taped)
+        return grad
+
+    def metric_inv(self, g: Tensor, batch) -> Tensor:
+        """Apply H⁻¹ (the inverse correction metric) to ``g``; identity by default."""
+        return g
+
+    def project(self, u: Tensor, batch) -> Tensor:
+        """Project onto the feasible set U in the H-norm; identity by default."""
+        return u
+
+    def estimate(self, u: Tensor) -> Tensor:
+        """Return the estimate carried in the iterate (the iterate itself unless it holds extra state)."""
+        return u
+
+    @property
+    def device(self) -> torch.device:
+        """The device of the problem's parameters and buffers (CPU when it has none)."""
+        for t in self.parameters():
+            return t.device
+        for t in self.buffers():
+            return t.device
+        return torch.device("cpu")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The floating dtype of the problem's parameters and buffers."""
+        for t in self.parameters():
+            return t.dtype
+        for t in self.buffers():
+            if t.is_floating_point():
+                return t.dtype
+        return torch.get_default_dtype()
