@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from hpo import __version__
+from hpo.errors import HPOError
+
+_TOP_LEVEL = ("study", "task", "trials", "concurrency", "time_budget", "storage", "results_dir")
 
 
 class UsageError(Exception):
@@ -32,17 +36,12 @@ def _parse_assignments(pairs: list[str]) -> dict:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     """Train one BMO model (no tuning) and print its progress and final validation figures."""
-    import dataclasses
-
     import torch
 
-    from workers import BMOConfig, BMOError, make_problem, train
+    from workers import BMOConfig, BMOError, make_problem, split_settings, train
 
     torch.set_num_threads(args.threads)
-    settings = _parse_assignments(args.set)
-    fields = {f.name for f in dataclasses.fields(BMOConfig)}
-    config_values = {k: v for k, v in settings.items() if k in fields}
-    task_args = {k: v for k, v in settings.items() if k not in fields}
+    config_values, task_args = split_settings(_parse_assignments(args.set))
     try:
         problem = make_problem(args.task, task_args)
         config = BMOConfig.from_dict(config_values)
@@ -65,6 +64,36 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _spec_overrides(args: argparse.Namespace) -> dict:
+    overrides = {}
+    for key, value in _parse_assignments(args.set).items():
+        overrides[key if "." in key or key in _TOP_LEVEL else f"fixed.{key}"] = value
+    if args.trials is not None:
+        overrides["trials"] = args.trials
+    if args.storage is not None:
+        overrides["storage"] = args.storage
+    if args.study is not None:
+        overrides["study"] = args.study
+    return overrides
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    """Run (or resume) a tuning job from a spec."""
+    from hpo.driver import print_result, run_job
+    from hpo.spec import load_spec
+
+    if os.getcwd() not in sys.path:  # a `module:Class` task may live next to the spec, as with `python -m`
+        sys.path.insert(0, os.getcwd())
+    spec = load_spec(args.spec, _spec_overrides(args))
+
+    def out(line: str) -> None:
+        print(line, flush=True)
+
+    result = run_job(spec, address=args.address, resume=args.resume, out=out)
+    print_result(result, out)
+    return 0 if result.complete else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with one subparser per command."""
     parser = argparse.ArgumentParser(prog="hpo", description="Tune BMO solvers with Ray Tune and Optuna.")
@@ -78,6 +107,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a BMOConfig field or task argument, e.g. --set mu=0.1 --set m=250 (repeatable)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: fastest per process on CPU)")
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("run", help="run (or --resume) a tuning job from a YAML spec")
+    p.add_argument("spec", help="job spec (YAML), e.g. search_spaces/quickstart.yaml")
+    p.add_argument("--trials", type=int, help="total trials in the study (overrides the spec)")
+    p.add_argument("--storage", help="Optuna storage URL, e.g. sqlite:///hpo-results/studies.db or postgresql://host/db")
+    p.add_argument("--study", help="study name (overrides the spec)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a spec value: a top-level field, a dotted path (task_args.m=32), "
+                        "or a bare BMOConfig field (K=8 means fixed.K=8); repeatable")
+    p.add_argument("--address", help="join this Ray cluster (default: start an embedded local Ray)")
+    p.add_argument("--resume", action="store_true", help="finish the spec's existing study after an interrupted run")
+    p.set_defaults(func=_cmd_run)
     return parser
 
 
@@ -90,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return args.func(args)
-    except UsageError as e:
+    except (UsageError, HPOError) as e:
         print(f"hpo: error: {e}", file=sys.stderr)
         return 2
 

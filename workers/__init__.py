@@ -16,7 +16,7 @@ from workers.bmo import (
     train,
 )
 from workers.problem import Problem
-from workers.tasks import TASKS, make_problem, resolve_task
+from workers.tasks import TASKS, make_problem, resolve_task, split_settings
 
 __all__ = [
     "HYPERGRAD_MODES",
@@ -35,5 +35,6 @@ __all__ = [
     "layer_metrics",
     "make_problem",
     "resolve_task",
+    "split_settings",
     "train",
 ]

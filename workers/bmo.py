@@ -363,7 +363,7 @@ def train(
     Calls ``report(step, metrics)`` after every outer step with ``upper_loss``,
     ``fp_residual`` (of the training batch's u^K), ``seconds`` and the last
     validation metrics prefixed ``val_`` (validated at the first step, every
-    ``eval_every`` steps and at the last step). Raises ``DivergenceError`` when u or ω stops being finite.
+    ``eval_every`` steps and at the last step; ``val_step`` says when). Raises ``DivergenceError`` when u or ω stops being finite.
     """
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
@@ -375,6 +375,7 @@ def train(
     train_batches = iter(problem.batches("train"))
     u_prev: Tensor | None = None
     val: dict[str, float] = {}
+    val_step = 0
     for step in range(1, config.outer_steps + 1):
         batch = next(train_batches)
         u0 = problem.init(batch)
@@ -395,7 +396,9 @@ def train(
             raise DivergenceError(step, None, "upper_loss")
         if step == 1 or step % config.eval_every == 0 or step == config.outer_steps:
             val = {f"val_{name}": v for name, v in evaluate(problem, config, "val").items()}
+            val_step = step
         metrics.update(val)
+        metrics["val_step"] = val_step
         metrics["seconds"] = time.perf_counter() - start
         result.trace.append(metrics)
         if report is not None:

@@ -106,6 +106,14 @@ class Problem(nn.Module):
         """Return the estimate carried in the iterate (the iterate itself unless it holds extra state)."""
         return u
 
+    def learned_values(self) -> dict[str, float]:
+        """Current values of low-dimensional hyper-training variables (default: scalar parameters).
+
+        A task whose arguments set such a variable's initial value (a regularization
+        weight, a step size) reports its refined value here under the argument's name.
+        """
+        return {name: float(p.detach()) for name, p in self.named_parameters() if p.numel() == 1}
+
     @property
     def device(self) -> torch.device:
         """The device of the problem's parameters and buffers (CPU when it has none)."""

@@ -48,4 +48,26 @@ def make_problem(task: str, task_args: dict | None = None) -> Problem:
     return resolve_task(task)(**task_args)
 
 
-__all__ = ["TASKS", "SparseCoding", "make_problem", "resolve_task", "task_parameters"]
+def split_settings(settings: dict) -> tuple[dict, dict]:
+    """Split flat settings into (BMOConfig values, task arguments).
+
+    ``task.NAME`` is always the task argument NAME; a bare BMOConfig field name
+    goes to the config; any other bare name is a task argument.
+    """
+    import dataclasses
+
+    from workers.bmo import BMOConfig
+
+    fields = {f.name for f in dataclasses.fields(BMOConfig)}
+    config, task_args = {}, {}
+    for key, value in settings.items():
+        if key.startswith("task."):
+            task_args[key[len("task."):]] = value
+        elif key in fields:
+            config[key] = value
+        else:
+            task_args[key] = value
+    return config, task_args
+
+
+__all__ = ["TASKS", "SparseCoding", "make_problem", "resolve_task", "split_settings", "task_parameters"]

@@ -178,6 +178,12 @@ class SparseCoding(Problem):
         err = ((self.estimate(u).detach() - batch.x) ** 2).sum()
         return {"nmse_db": float(10 * torch.log10(err / (batch.x**2).sum()))}
 
+    def learned_values(self) -> dict[str, float]:
+        """The refined λ: the learned threshold θ (initialised to λ/L) times L, averaged over layers."""
+        if self.operator_name in ("ista", "fista"):
+            return {}
+        return {"lam": float(self.theta.detach().mean()) * self.L}
+
     def lasso_objective(self, u: Tensor, batch: SparseBatch) -> Tensor:
         """Per-sample LASSO objective ½‖Ax - y‖² + λ‖x‖₁ of the estimate in ``u``."""
         x = self.estimate(u)

@@ -1,0 +1,409 @@
+"""Run a tuning job: Ray Tune runs the trials, OptunaSearch (bound to the storage) chooses them.
+
+What this adds to plain Tune + OptunaSearch (see DESIGN.md, "Facts"):
+
+- trial states: a trial ASHA stopped is PRUNED (not COMPLETE with its low-budget
+  value); a diverged or broken trial is FAIL with the reason in its user
+  attributes; the final step's value is reported as an intermediate value too;
+- user attributes per trial: final fixed-point residual, wall time, device, node,
+  refined values of the searched hyper-training variables, the Ray trial id;
+- resume from the storage, the single source of truth: trials left RUNNING by a
+  killed driver are marked FAIL ("interrupted") and enqueued again with the same
+  parameters, and only the trials still missing are run;
+- validation before anything is written, and live progress on stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+from hpo.errors import ClusterError, StorageError
+from hpo.space import define_by_run, make_sampler
+from hpo.spec import JobSpec, check_against_task
+from hpo.storage import check_storage, find_study, open_storage
+
+INTERRUPTED = "interrupted: the driver stopped before the trial finished"
+SPEC_ATTR = "bmo_hpo_spec"
+PROGRESS_EVERY_S = 30.0
+
+
+@dataclass
+class JobResult:
+    """Counts of the study's finished trials and its best trial(s) after a run."""
+
+    study: str
+    storage: str
+    complete: int = 0
+    pruned: int = 0
+    failed: int = 0
+    best: list[dict] = field(default_factory=list)  # [{"number", "values", "params"}]
+
+
+class Progress:
+    """Live counts of the job printed as one line per event (and a heartbeat while trials run)."""
+
+    def __init__(self, spec: JobSpec, total: int, out: Callable[[str], None]):
+        self.spec, self.total, self.out = spec, total, out
+        self.start = time.monotonic()
+        self.running = 0
+        self.counts = {TrialState.COMPLETE: 0, TrialState.PRUNED: 0, TrialState.FAIL: 0}
+        self.best: tuple[float, int] | None = None
+        self.last_print = self.start
+
+    def started(self) -> None:
+        self.running += 1
+
+    def finished(self, number: int, state: TrialState, values: list[float] | None, note: str = "") -> None:
+        self.running = max(0, self.running - 1)
+        self.counts[state] += 1
+        if state == TrialState.COMPLETE and values and not self.spec.multi_objective:
+            better = (lambda a, b: a < b) if self.spec.objectives[0].mode == "min" else (lambda a, b: a > b)
+            if self.best is None or better(values[0], self.best[0]):
+                self.best = (values[0], number)
+        shown = "" if values is None else " " + ", ".join(f"{o.metric}={v:.5g}" for o, v in zip(self.spec.objectives, values))
+        self.out(f"trial {number} {state.name.lower()}{shown}{(' (' + note + ')') if note else ''}")
+        self.line()
+
+    def line(self) -> None:
+        self.last_print = time.monotonic()
+        c = self.counts
+        finished = sum(c.values())
+        best = ""
+        if self.best is not None:
+            best = f" | best {self.spec.objectives[0].metric}={self.best[0]:.5g} (trial {self.best[1]})"
+        self.out(
+            f"[{time.monotonic() - self.start:7.1f}s] {finished}/{self.total} finished: {c[TrialState.COMPLETE]} complete, "
+            f"{c[TrialState.PRUNED]} pruned, {c[TrialState.FAIL]} failed; {self.running} running{best}"
+        )
+
+    def heartbeat(self) -> None:
+        if time.monotonic() - self.last_print >= PROGRESS_EVERY_S:
+            self.line()
+
+
+class StudySearch(OptunaSearch):
+    """OptunaSearch that records the right trial state, the final step, and the trial's user attributes."""
+
+    def __init__(self, *, spec: JobSpec, stopped_by_scheduler: set[str], progress: Progress, **kwargs):
+        super().__init__(**kwargs)
+        self._spec, self._stopped, self._progress = spec, stopped_by_scheduler, progress
+        self._keys = [o.reported for o in spec.objectives]
+        self._last: dict[str, dict] = {}
+        self._started: dict[str, float] = {}
+
+    def suggest(self, trial_id: str):
+        params = super().suggest(trial_id)
+        if trial_id not in self._started:
+            self._started[trial_id] = time.monotonic()
+            self._ot_trials[trial_id].set_user_attr("ray_trial_id", trial_id)
+            self._progress.started()
+        return params
+
+    def save(self, checkpoint_path: str) -> None:
+        # Resume reads the Optuna storage, the single source of truth; Tune's searcher pickle is not used.
+        Path(checkpoint_path).write_text(json.dumps({"study": self._spec.study, "storage": self._spec.storage}))
+
+    def restore(self, checkpoint_path: str) -> None:
+        raise NotImplementedError("bmo-hpo resumes from the Optuna storage: use `hpo run SPEC --resume`")
+
+    @staticmethod
+    def _failure(result: dict) -> str | None:
+        return result.get("diverged") or result.get("trial_error")
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        self._last[trial_id] = result
+        if not self._spec.multi_objective and not self._failure(result) and trial_id in self._ot_trials:
+            value = result.get(self._keys[0])
+            if value is not None and math.isfinite(value):
+                self._ot_trials[trial_id].report(value, int(result["outer_step"]))
+        self._progress.heartbeat()
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        ot_trial = self._ot_trials[trial_id]
+        last = result or self._last.get(trial_id) or {}
+        reason = self._failure(last) or ("the trainable raised an error" if error else None)
+        values = None
+        note = ""
+        if reason:
+            state, note = TrialState.FAIL, reason
+            ot_trial.set_user_attr("fail_reason", reason)
+        elif last and last.get("outer_step") == last.get("outer_steps"):
+            state = TrialState.COMPLETE
+            values = [float(last[k]) for k in self._keys]
+        else:
+            state = TrialState.PRUNED
+            note = "stopped by the scheduler" if trial_id in self._stopped else "stopped early (time budget or interrupt)"
+            ot_trial.set_user_attr("stopped_by", "scheduler" if trial_id in self._stopped else "driver")
+        if state != TrialState.FAIL and not self._spec.multi_objective and last.get(self._keys[0]) is not None:
+            # Tune passes the last result to on_trial_complete only: record it as an intermediate value too.
+            ot_trial.report(float(last[self._keys[0]]), int(last["outer_step"]))
+        self._record_attrs(ot_trial, trial_id, last)
+        try:
+            self._ot_study.tell(ot_trial, values if values is None or len(values) > 1 else values[0], state=state)
+        except RuntimeError as e:  # already finished (e.g. told before a resume); never tell twice
+            note = f"{note}; {e}" if note else str(e)
+        self._completed_trials.add(trial_id)
+        self._progress.finished(ot_trial.number, state, values, note)
+
+    def _record_attrs(self, ot_trial, trial_id: str, last: dict) -> None:
+        attrs = {
+            "wall_time_s": round(time.monotonic() - self._started.get(trial_id, time.monotonic()), 3),
+            "train_seconds": last.get("seconds"),
+            "device": last.get("device"),
+            "node": last.get("node"),
+            "final_step": last.get("outer_step"),
+            "fp_residual": last.get("val_fp_residual"),
+            "upper_loss": last.get("upper_loss"),
+        }
+        attrs.update({k: v for k, v in last.items() if k.startswith("refined_")})
+        for key, value in attrs.items():
+            if value is not None and not (isinstance(value, float) and not math.isfinite(value)):
+                ot_trial.set_user_attr(key, value)
+
+
+class PruneTrackingASHA(ASHAScheduler):
+    """ASHA that remembers which trials it stopped before their last step."""
+
+    def __init__(self, stopped: set[str], **kwargs):
+        super().__init__(**kwargs)
+        self.stopped = stopped
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        decision = super().on_trial_result(tune_controller, trial, result)
+        if decision == TrialScheduler.STOP and result.get("outer_step") != result.get("outer_steps"):
+            self.stopped.add(trial.trial_id)
+        return decision
+
+
+def _spec_fingerprint(spec: JobSpec) -> dict:
+    """What must not change between a study's runs: task, fixed values, space, objectives."""
+    d = spec.to_dict()
+    return json.loads(json.dumps({k: d[k] for k in ("task", "task_args", "fixed", "space", "objectives")}, default=str))
+
+
+def _outer_steps(spec: JobSpec) -> int:
+    from workers import BMOConfig  # noqa: PLC0415  (torch is imported here, on purpose, lazily)
+
+    for p in spec.space:
+        if p.name == "outer_steps":
+            return int(p.high if p.type != "categorical" else max(p.choices))
+    return int(spec.fixed.get("outer_steps", BMOConfig.outer_steps))
+
+
+def _module_root(task: str) -> str | None:
+    """The directory that must be on PYTHONPATH for a ``module:Class`` task to import on workers."""
+    if ":" not in task:
+        return None
+    import importlib.util
+
+    top = task.split(":", 1)[0].split(".")[0]
+    found = importlib.util.find_spec(top)
+    if found is None or not found.origin:
+        return None
+    origin = Path(found.origin)
+    return str(origin.parent.parent if origin.name == "__init__.py" else origin.parent)
+
+
+def connect_ray(address: str | None, task: str) -> None:
+    """Join ``address`` or start an embedded local Ray (reusing one already started in this process)."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    paths = [p for p in (_module_root(task), os.getcwd(), os.environ.get("PYTHONPATH")) if p]
+    runtime_env = {"env_vars": {"PYTHONPATH": os.pathsep.join(paths), "PYTHONWARNINGS": "ignore::DeprecationWarning"}}
+    kwargs = dict(runtime_env=runtime_env, log_to_driver=False, logging_level="ERROR", configure_logging=True)
+    try:
+        if address:
+            ray.init(address=address, **kwargs)
+        else:
+            ray.init(include_dashboard=False, **kwargs)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        raise ClusterError(f"cannot connect to Ray at {address or 'a new local instance'}: {str(e).splitlines()[0]}") from None
+
+
+def check_resources(spec: JobSpec) -> None:
+    """Fail unless some alive node offers the CPU and GPU one trial asks for (else it would stay PENDING)."""
+    import ray
+
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    max_cpu = max((n.get("CPU", 0.0) for n in nodes), default=0.0)
+    max_gpu = max((n.get("GPU", 0.0) for n in nodes), default=0.0)
+    if spec.resources.cpu > max_cpu:
+        raise ClusterError(f"resources.cpu={spec.resources.cpu:g} per trial, but the largest node has {max_cpu:g} CPUs")
+    if spec.resources.gpu > max_gpu:
+        raise ClusterError(f"resources.gpu={spec.resources.gpu:g} per trial, but the largest node has {max_gpu:g} GPUs")
+
+
+def _prepare_study(spec: JobSpec, storage, resume: bool, out) -> tuple[dict, int]:
+    """Check the study, repairing it for ``resume``; return (finished trials by state, existing trials)."""
+    summary = find_study(storage, spec.study)
+    if summary is not None and not resume:
+        raise StorageError(
+            f"study {spec.study!r} already exists in {spec.storage} with {summary.n_trials} trials; "
+            "pass --resume to continue it or --study NAME for a new one"
+        )
+    if summary is None and resume:
+        raise StorageError(f"--resume: no study {spec.study!r} in {spec.storage}")
+    if summary is None:
+        return {}, 0
+    study = optuna.load_study(study_name=spec.study, storage=storage)
+    saved = study.user_attrs.get(SPEC_ATTR)
+    if saved is not None and saved != _spec_fingerprint(spec):
+        changed = sorted(k for k in saved if saved[k] != _spec_fingerprint(spec).get(k))
+        raise StorageError(f"--resume: the spec's {', '.join(changed)} differ from study {spec.study!r}'s; use a new --study")
+    trials = study.get_trials(deepcopy=False)
+    for t in trials:
+        if t.state == TrialState.RUNNING:
+            storage.set_trial_user_attr(t._trial_id, "fail_reason", INTERRUPTED)
+            storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)
+            out(f"trial {t.number} was left running by the previous driver: marked failed and queued again")
+    trials = study.get_trials(deepcopy=False)
+    counts = {state: 0 for state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
+    for t in trials:
+        if t.state in counts and t.user_attrs.get("fail_reason") != INTERRUPTED:
+            counts[t.state] += 1
+    return counts, len(trials)
+
+
+def _quiet_libraries() -> None:
+    import logging
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    for name in ("ray.tune", "ray.train", "ray.air"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
+def validate(spec: JobSpec) -> None:
+    """Every check that needs no Ray and writes nothing: the spec against the task, the storage reachable."""
+    check_against_task(spec)
+    check_storage(spec.storage, create_dirs=spec.storage == "sqlite:///hpo-results/studies.db")
+
+
+def run_job(spec: JobSpec, *, address: str | None = None, resume: bool = False, out: Callable[[str], None] = print) -> JobResult:
+    """Run (or resume) the tuning job of ``spec`` and return the study's counts and best trial(s)."""
+    _quiet_libraries()
+    validate(spec)
+    connect_ray(address, spec.task)
+    check_resources(spec)
+    storage = open_storage(spec.storage)
+    counts, existing = _prepare_study(spec, storage, resume, out)
+    finished = sum(counts.values())
+    remaining = spec.trials - finished
+    result = JobResult(spec.study, spec.storage)
+    if remaining <= 0:
+        out(f"study {spec.study!r} already has {finished} finished trials (asked: {spec.trials}); nothing to run")
+        return summarize(spec, storage, result)
+
+    directions = ["minimize" if o.mode == "min" else "maximize" for o in spec.objectives]
+    seed = None if spec.sampler.seed is None else spec.sampler.seed + existing  # fresh draws after a resume
+    sampler = make_sampler(spec.sampler.name, seed)
+    study = optuna.create_study(storage=storage, study_name=spec.study, directions=directions, sampler=sampler, load_if_exists=True)
+    if SPEC_ATTR not in study.user_attrs:
+        study.set_user_attr(SPEC_ATTR, _spec_fingerprint(spec))
+
+    progress = Progress(spec, spec.trials, out)
+    progress.counts.update(counts)  # resumed: count what is already there
+    stopped: set[str] = set()
+    metric = [o.reported for o in spec.objectives]
+    mode = [o.mode for o in spec.objectives]
+    search = StudySearch(
+        spec=spec,
+        stopped_by_scheduler=stopped,
+        progress=progress,
+        space=define_by_run(spec),
+        metric=metric if spec.multi_objective else metric[0],
+        mode=mode if spec.multi_objective else mode[0],
+        sampler=sampler,
+        study_name=spec.study,
+        storage=storage,
+    )
+    scheduler = FIFOScheduler()
+    if spec.scheduler.name == "asha":
+        scheduler = PruneTrackingASHA(
+            stopped,
+            time_attr="outer_step",
+            metric=metric[0],
+            mode=mode[0],
+            grace_period=spec.scheduler.grace_period,
+            max_t=spec.scheduler.max_t or _outer_steps(spec),
+            reduction_factor=spec.scheduler.reduction_factor,
+        )
+    out(f"study {spec.study!r} in {spec.storage}: running {remaining} trials, {spec.concurrency} at a time")
+    _fit(spec, search, scheduler, remaining)
+    return summarize(spec, storage, result)
+
+
+def _fit(spec: JobSpec, search: StudySearch, scheduler, num_samples: int) -> None:
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the legacy reporter with verbose=0 prints nothing
+    from ray import tune
+
+    from workers.trainable import trainable
+
+    threads = max(1, int(spec.resources.cpu))
+    job = {
+        "task": spec.task,
+        "task_args": spec.task_args,
+        "fixed": spec.fixed,
+        "objectives": [(o.reported, o.mode) for o in spec.objectives],
+        "threads": threads,
+    }
+    resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
+    results_dir = spec.results_dir if "://" in spec.results_dir else str(Path(spec.results_dir).resolve())
+    tuner = tune.Tuner(
+        tune.with_resources(tune.with_parameters(trainable, job=job), resources),
+        tune_config=tune.TuneConfig(
+            search_alg=search,
+            scheduler=scheduler,
+            num_samples=num_samples,
+            max_concurrent_trials=spec.concurrency,
+            time_budget_s=spec.time_budget,
+            reuse_actors=True,  # saves a process start (and a torch import) per trial
+        ),
+        run_config=tune.RunConfig(
+            name=f"{spec.study}-{time.strftime('%Y%m%d-%H%M%S')}",
+            storage_path=results_dir,
+            verbose=0,
+            failure_config=tune.FailureConfig(max_failures=0),
+        ),
+    )
+    tuner.fit()
+
+
+def summarize(spec: JobSpec, storage, result: JobResult) -> JobResult:
+    """Fill ``result`` with the study's state counts and best trial(s)."""
+    study = optuna.load_study(study_name=spec.study, storage=storage)
+    trials = study.get_trials(deepcopy=False)
+    result.complete = sum(t.state == TrialState.COMPLETE for t in trials)
+    result.pruned = sum(t.state == TrialState.PRUNED for t in trials)
+    result.failed = sum(t.state == TrialState.FAIL for t in trials)
+    if result.complete:
+        best = study.best_trials if spec.multi_objective else [study.best_trial]
+        result.best = [{"number": t.number, "values": t.values, "params": t.params} for t in best]
+    return result
+
+
+def print_result(result: JobResult, out: Callable[[str], None] = print) -> None:
+    """The closing lines of ``hpo run``: counts, then the best value(s) and parameters."""
+    out(f"study {result.study!r}: {result.complete} complete, {result.pruned} pruned, {result.failed} failed")
+    if not result.best:
+        out("no trial completed")
+    for b in result.best:
+        out(f"best trial {b['number']}: values={b['values']} params={json.dumps(b['params'])}")
+
+
+__all__ = ["JobResult", "print_result", "run_job", "summarize", "validate"]

@@ -1,0 +1,17 @@
+"""One exception root for the service: the CLI prints these as one line; anything else is a bug."""
+
+
+class HPOError(Exception):
+    """A user-facing error: bad spec, unreachable storage, missing study, impossible resources."""
+
+
+class SpecError(HPOError):
+    """The job spec is malformed or invalid; the message names the field and the value."""
+
+
+class StorageError(HPOError):
+    """The storage URL is invalid or unreachable, or the study is missing or conflicts."""
+
+
+class ClusterError(HPOError):
+    """Ray cannot be reached or cannot satisfy the requested resources."""

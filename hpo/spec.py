@@ -1,0 +1,412 @@
+"""Job spec (YAML) → validated dataclasses.
+
+A spec names a task, fixed BMOConfig values, a search space in Optuna's short
+form, the objective, the sampler and scheduler, and where results go. Every
+error is a ``SpecError`` whose one-line message names the field and the value.
+Checks that need the task itself (space keys against BMOConfig and the task's
+arguments, the objective metric) are in ``check_against_task``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hpo.errors import SpecError
+
+SAMPLERS = ("tpe", "random", "gp", "cmaes", "nsga2")
+SCHEDULERS = ("asha", "none")
+PARAM_TYPES = ("float", "int", "categorical")
+MODES = ("min", "max")
+DEFAULT_STORAGE = "sqlite:///hpo-results/studies.db"
+DEFAULT_RESULTS_DIR = "hpo-results/ray"
+TASK_PREFIX = "task."  # a space key "task.seed" names the task argument, not BMOConfig.seed
+
+TOP_LEVEL = (
+    "study", "task", "task_args", "fixed", "space", "objective", "sampler", "scheduler",
+    "trials", "concurrency", "resources", "time_budget", "storage", "results_dir",
+)
+
+
+@dataclass(frozen=True)
+class Param:
+    """One search-space entry in Optuna's short form, optionally conditional (``when``)."""
+
+    name: str
+    type: str
+    low: float | int | None = None
+    high: float | int | None = None
+    log: bool = False
+    step: float | int | None = None
+    choices: tuple = ()
+    when: dict[str, tuple] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Objective:
+    """A metric the task reports on the validation split, and its direction."""
+
+    metric: str
+    mode: str
+
+    @property
+    def reported(self) -> str:
+        """The key under which trials report this metric."""
+        return f"val_{self.metric}"
+
+
+@dataclass(frozen=True)
+class Sampler:
+    name: str = "tpe"
+    seed: int | None = 0
+
+
+@dataclass(frozen=True)
+class Scheduler:
+    name: str = "asha"
+    grace_period: int = 10
+    max_t: int | None = None  # None: the trial's outer_steps
+    reduction_factor: float = 3.0
+
+
+@dataclass(frozen=True)
+class Resources:
+    cpu: float = 1.0
+    gpu: float = 0.0
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """A validated tuning job."""
+
+    study: str
+    task: str
+    task_args: dict[str, Any]
+    fixed: dict[str, Any]
+    space: tuple[Param, ...]
+    objectives: tuple[Objective, ...]
+    sampler: Sampler = Sampler()
+    scheduler: Scheduler = Scheduler()
+    trials: int = 16
+    concurrency: int = 1
+    resources: Resources = Resources()
+    time_budget: float | None = None
+    storage: str = DEFAULT_STORAGE
+    results_dir: str = DEFAULT_RESULTS_DIR
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.objectives) > 1
+
+    def to_dict(self) -> dict:
+        """A plain-data form (for the study's user attributes and resume checks)."""
+        import dataclasses
+
+        return dataclasses.asdict(self)
+
+
+# --- small checkers ------------------------------------------------------------------
+
+
+def _fail(where: str, message: str) -> SpecError:
+    return SpecError(f"{where}: {message}")
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _number(where: str, v, *, positive=False, nonnegative=False) -> float:
+    if isinstance(v, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
+        try:
+            v = float(v)
+        except ValueError:
+            pass
+    if not _is_number(v):
+        raise _fail(where, f"must be a number, got {v!r}")
+    if positive and v <= 0:
+        raise _fail(where, f"must be > 0, got {v!r}")
+    if nonnegative and v < 0:
+        raise _fail(where, f"must be >= 0, got {v!r}")
+    return v
+
+
+def _integer(where: str, v, *, minimum: int | None = None) -> int:
+    if not _is_int(v):
+        raise _fail(where, f"must be an integer, got {v!r}")
+    if minimum is not None and v < minimum:
+        raise _fail(where, f"must be >= {minimum}, got {v!r}")
+    return v
+
+
+def _mapping(where: str, v, allowed: tuple[str, ...] | None = None) -> dict:
+    if v is None:
+        return {}
+    if not isinstance(v, dict):
+        raise _fail(where, f"must be a mapping, got {v!r}")
+    for key in v:
+        if not isinstance(key, str):
+            raise _fail(where, f"keys must be strings, got {key!r}")
+        if allowed is not None and key not in allowed:
+            raise _fail(f"{where}.{key}" if where else key, f"unknown field (allowed: {', '.join(allowed)})")
+    return v
+
+
+def _choice(where: str, v, choices: tuple[str, ...]) -> str:
+    if v not in choices:
+        raise _fail(where, f"must be one of {', '.join(choices)}, got {v!r}")
+    return v
+
+
+# --- sections ----------------------------------------------------------------------
+
+
+def _param(name: str, raw) -> Param:
+    where = f"space.{name}"
+    raw = _mapping(where, raw, ("type", "low", "high", "log", "step", "choices", "when"))
+    if "type" not in raw:
+        raise _fail(where, "missing 'type' (float, int or categorical)")
+    kind = _choice(f"{where}.type", raw["type"], PARAM_TYPES)
+    when = {}
+    for parent, values in _mapping(f"{where}.when", raw.get("when")).items():
+        when[parent] = tuple(values) if isinstance(values, list) else (values,)
+    if kind == "categorical":
+        extra = sorted(set(raw) & {"low", "high", "log", "step"})
+        if extra:
+            raise _fail(f"{where}.{extra[0]}", "does not apply to a categorical parameter")
+        choices = raw.get("choices")
+        if not isinstance(choices, list) or not choices:
+            raise _fail(f"{where}.choices", f"must be a non-empty list, got {choices!r}")
+        for c in choices:
+            if not (c is None or isinstance(c, (bool, int, float, str))):
+                raise _fail(f"{where}.choices", f"must hold scalars, got {c!r}")
+        return Param(name, kind, choices=tuple(choices), when=when)
+    if "choices" in raw:
+        raise _fail(f"{where}.choices", f"does not apply to a {kind} parameter")
+    for key in ("low", "high"):
+        if key not in raw:
+            raise _fail(where, f"missing '{key}'")
+    if kind == "int":
+        low, high = _integer(f"{where}.low", raw["low"]), _integer(f"{where}.high", raw["high"])
+        step = _integer(f"{where}.step", raw["step"], minimum=1) if raw.get("step") is not None else None
+    else:
+        low, high = _number(f"{where}.low", raw["low"]), _number(f"{where}.high", raw["high"])
+        step = _number(f"{where}.step", raw["step"], positive=True) if raw.get("step") is not None else None
+    if low > high:
+        raise _fail(where, f"low <= high must hold, got low={low!r}, high={high!r}")
+    log = raw.get("log", False)
+    if not isinstance(log, bool):
+        raise _fail(f"{where}.log", f"must be true or false, got {log!r}")
+    if log and low <= 0:
+        raise _fail(where, f"log scale needs low > 0, got low={low!r}")
+    if log and step is not None:
+        raise _fail(where, "log and step cannot be combined")
+    return Param(name, kind, low=low, high=high, log=log, step=step, when=when)
+
+
+def _objectives(raw) -> tuple[Objective, ...]:
+    items = raw if isinstance(raw, list) else [raw]
+    if raw is None or not items:
+        raise _fail("objective", "missing (e.g. {metric: nmse_db, mode: min})")
+    out = []
+    for i, item in enumerate(items):
+        where = "objective" if not isinstance(raw, list) else f"objective[{i}]"
+        item = _mapping(where, item, ("metric", "mode"))
+        metric = item.get("metric")
+        if not isinstance(metric, str) or not metric:
+            raise _fail(f"{where}.metric", f"must be a metric name, got {metric!r}")
+        metric = metric[len("val_"):] if metric.startswith("val_") else metric
+        out.append(Objective(metric, _choice(f"{where}.mode", item.get("mode"), MODES)))
+    if len({o.metric for o in out}) != len(out):
+        raise _fail("objective", "lists a metric twice")
+    return tuple(out)
+
+
+def _storage_url(v) -> str:
+    if not isinstance(v, str) or "://" not in v:
+        raise _fail("storage", f"must be a database URL such as sqlite:///path.db or postgresql://host/db, got {v!r}")
+    scheme = v.split("://", 1)[0].split("+", 1)[0]
+    if scheme not in ("sqlite", "postgresql", "mysql"):
+        raise _fail("storage", f"unsupported scheme {scheme!r} (sqlite, postgresql, mysql), got {v!r}")
+    return v
+
+
+def parse_spec(data: Any, *, source: str = "spec") -> JobSpec:
+    """Validate a spec already read into Python data (a mapping) and return a ``JobSpec``."""
+    if not isinstance(data, dict):
+        raise SpecError(f"{source}: a job spec must be a YAML mapping, got {type(data).__name__}")
+    _mapping("", data, TOP_LEVEL)
+    study = data.get("study")
+    if not isinstance(study, str) or not study.strip():
+        raise _fail("study", f"must be a non-empty name, got {study!r}")
+    task = data.get("task")
+    if not isinstance(task, str) or not task:
+        raise _fail("task", f"must be a registry name or 'module:Class', got {task!r}")
+    space_raw = _mapping("space", data.get("space"))
+    space = tuple(_param(name, raw) for name, raw in space_raw.items())
+    names = [p.name for p in space]
+    fixed = dict(_mapping("fixed", data.get("fixed")))
+    for p in space:
+        for parent, values in p.when.items():
+            if parent in names[: names.index(p.name)]:
+                parent_param = space[names.index(parent)]
+                possible = parent_param.choices if parent_param.type == "categorical" else None
+                if possible is not None and not set(values) & set(possible):
+                    raise _fail(f"space.{p.name}.when.{parent}", f"{list(values)!r} is never among the choices {list(possible)!r}")
+            elif parent not in fixed:
+                raise _fail(f"space.{p.name}.when", f"{parent!r} must be a parameter listed before it or a fixed value")
+    overlap = sorted(set(names) & set(fixed))
+    if overlap:
+        raise _fail(f"fixed.{overlap[0]}", "is also in space; a key is either fixed or searched")
+
+    sampler_raw = _mapping("sampler", data.get("sampler"), ("name", "seed"))
+    seed = sampler_raw.get("seed", 0)
+    if seed is not None:
+        _integer("sampler.seed", seed, minimum=0)
+    sampler = Sampler(_choice("sampler.name", sampler_raw.get("name", "tpe"), SAMPLERS), seed)
+
+    sched_raw = data.get("scheduler", {"name": "asha"})
+    sched_raw = _mapping("scheduler", sched_raw, ("name", "grace_period", "max_t", "reduction_factor"))
+    sched_name = _choice("scheduler.name", sched_raw.get("name", "asha"), SCHEDULERS)
+    grace = _integer("scheduler.grace_period", sched_raw.get("grace_period", 10), minimum=1)
+    max_t = sched_raw.get("max_t")
+    if max_t is not None:
+        max_t = _integer("scheduler.max_t", max_t, minimum=1)
+        if max_t < grace:
+            raise _fail("scheduler", f"grace_period <= max_t must hold, got grace_period={grace}, max_t={max_t}")
+    rf = _number("scheduler.reduction_factor", sched_raw.get("reduction_factor", 3), positive=True)
+    if rf <= 1:
+        raise _fail("scheduler.reduction_factor", f"must be > 1, got {rf!r}")
+    scheduler = Scheduler(sched_name, grace, max_t, rf)
+
+    objectives = _objectives(data.get("objective"))
+    if len(objectives) > 1 and scheduler.name != "none":
+        raise _fail("scheduler", "a multi-objective study cannot be pruned by ASHA; set scheduler: {name: none}")
+    if len(objectives) > 1 and sampler.name in ("gp", "cmaes"):
+        raise _fail("sampler.name", f"{sampler.name!r} supports one objective only; use tpe, nsga2 or random")
+
+    res_raw = _mapping("resources", data.get("resources"), ("cpu", "gpu"))
+    resources = Resources(
+        cpu=_number("resources.cpu", res_raw.get("cpu", 1), positive=True),
+        gpu=_number("resources.gpu", res_raw.get("gpu", 0), nonnegative=True),
+    )
+    time_budget = data.get("time_budget")
+    if time_budget is not None:
+        time_budget = _number("time_budget", time_budget, positive=True)
+    results_dir = data.get("results_dir", DEFAULT_RESULTS_DIR)
+    if not isinstance(results_dir, str) or not results_dir:
+        raise _fail("results_dir", f"must be a path or URI, got {results_dir!r}")
+    return JobSpec(
+        study=study.strip(),
+        task=task,
+        task_args=dict(_mapping("task_args", data.get("task_args"))),
+        fixed=fixed,
+        space=space,
+        objectives=objectives,
+        sampler=sampler,
+        scheduler=scheduler,
+        trials=_integer("trials", data.get("trials", 16), minimum=1),
+        concurrency=_integer("concurrency", data.get("concurrency", 1), minimum=1),
+        resources=resources,
+        time_budget=time_budget,
+        storage=_storage_url(data.get("storage", DEFAULT_STORAGE)),
+        results_dir=results_dir,
+    )
+
+
+def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> JobSpec:
+    """Read and validate a YAML spec; ``overrides`` maps dotted keys (``fixed.K``, ``trials``) to values."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise SpecError(f"{path}: cannot read the spec ({e.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise SpecError(f"{path}: not valid YAML{at}: {getattr(e, 'problem', e)}") from None
+    if isinstance(data, dict):
+        for dotted, value in (overrides or {}).items():
+            apply_override(data, dotted, value)
+    return parse_spec(data, source=str(path))
+
+
+def apply_override(data: dict, dotted: str, value) -> None:
+    """Set ``data[a][b] = value`` for ``dotted = "a.b"``, creating mappings on the way."""
+    keys = dotted.split(".")
+    node = data
+    for key in keys[:-1]:
+        if node.get(key) is None:
+            node[key] = {}
+        if not isinstance(node[key], dict):
+            raise SpecError(f"--set {dotted}: {key!r} is not a mapping in the spec")
+        node = node[key]
+    node[keys[-1]] = value
+
+
+def check_against_task(spec: JobSpec) -> list[str]:
+    """Check the spec against BMOConfig and the task (imports torch); return the task's metric names.
+
+    Space and fixed keys must be BMOConfig fields or task arguments; fixed values
+    and each space range's ends must make a valid BMOConfig; the task must build
+    with ``task_args``; each objective must be a metric the task reports.
+    """
+    import dataclasses
+
+    from workers import BMOConfig, evaluate_solve, make_problem, resolve_task
+    from workers.tasks import task_parameters
+
+    try:
+        resolve_task(spec.task)
+    except ValueError as e:
+        raise _fail("task", str(e)) from None
+    task_args = task_parameters(spec.task)
+    fields = {f.name for f in dataclasses.fields(BMOConfig)}
+    for key in spec.fixed:
+        if key not in fields:
+            hint = " (task arguments go in task_args)" if key in task_args else ""
+            raise _fail(f"fixed.{key}", f"is not a BMOConfig field{hint}")
+    for key in spec.task_args:
+        if key not in task_args:
+            raise _fail(f"task_args.{key}", f"is not an argument of task {spec.task!r} (arguments: {', '.join(task_args)})")
+    for p in spec.space:
+        bare = p.name[len(TASK_PREFIX):] if p.name.startswith(TASK_PREFIX) else p.name
+        if p.name not in fields and bare not in task_args:
+            raise _fail(f"space.{p.name}", f"is neither a BMOConfig field nor an argument of task {spec.task!r}")
+    try:
+        config = BMOConfig.from_dict(spec.fixed)
+    except ValueError as e:
+        raise _fail("fixed", str(e)) from None
+    for p in spec.space:
+        if p.name not in fields:
+            continue
+        ends = p.choices if p.type == "categorical" else (p.low, p.high)
+        for value in ends:
+            try:
+                dataclasses.replace(config, **{p.name: value})
+            except ValueError as e:
+                if p.name == "truncate" and "truncate must be <=" in str(e):
+                    continue  # checked per trial against the sampled K
+                raise _fail(f"space.{p.name}", str(e)) from None
+    try:
+        problem = make_problem(spec.task, spec.task_args)
+    except (ValueError, TypeError) as e:
+        raise _fail("task_args", str(e)) from None
+    batch = next(iter(problem.batches("val")))
+    u, _ = evaluate_solve(problem, batch, config, K=1)
+    metrics = sorted([*problem.metrics(u, batch), "fp_residual"])
+    for i, o in enumerate(spec.objectives):
+        if o.metric not in metrics:
+            where = "objective" if len(spec.objectives) == 1 else f"objective[{i}]"
+            raise _fail(f"{where}.metric", f"task {spec.task!r} does not report {o.metric!r} (it reports: {', '.join(metrics)})")
+    return metrics

@@ -1,0 +1,62 @@
+"""Storage URL → Optuna storage; reachability checks that write nothing."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import optuna
+
+from hpo.errors import StorageError
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file of a ``sqlite:///`` URL (None for other schemes or in-memory SQLite)."""
+    if not url.startswith("sqlite:///"):
+        return None
+    path = url[len("sqlite:///"):]
+    return None if path in ("", ":memory:") else Path(path)
+
+
+def check_storage(url: str, *, create_dirs: bool = False) -> None:
+    """Raise ``StorageError`` unless the storage can be reached; writes nothing (but ``create_dirs``)."""
+    path = sqlite_path(url)
+    if path is not None:
+        parent = path.parent if str(path.parent) else Path(".")
+        if not parent.exists() and create_dirs:
+            parent.mkdir(parents=True, exist_ok=True)
+        if not parent.is_dir():
+            raise StorageError(f"storage {url!r}: directory {str(parent)!r} does not exist")
+        if not os.access(parent if not path.exists() else path, os.W_OK):
+            raise StorageError(f"storage {url!r}: {str(path)!r} is not writable")
+        return
+    if url.startswith("sqlite://"):
+        return
+    import sqlalchemy
+
+    try:
+        engine = sqlalchemy.create_engine(url, pool_pre_ping=True)
+        with engine.connect():
+            pass
+        engine.dispose()
+    except Exception as e:  # driver errors vary by backend; all mean "cannot reach it"
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise StorageError(f"storage {url!r} is unreachable: {reason}") from None
+
+
+def open_storage(url: str) -> optuna.storages.RDBStorage:
+    """The Optuna storage object for ``url`` (creates Optuna's tables on first use)."""
+    check_storage(url)
+    kwargs = {"connect_args": {"timeout": 30}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    try:
+        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+    except Exception as e:
+        raise StorageError(f"storage {url!r}: {str(e).splitlines()[0]}") from None
+
+
+def find_study(storage, name: str) -> optuna.study.StudySummary | None:
+    """The summary of study ``name`` in ``storage``, or None."""
+    for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
+        if summary.study_name == name:
+            return summary
+    return None

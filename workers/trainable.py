@@ -1,0 +1,55 @@
+"""The Ray Tune function trainable: searched params + the job's fixed settings → problem + BMO → tune.report.
+
+The only module of ``workers`` that imports Ray. It reports once per validation
+(every ``eval_every`` outer steps and at the last step) with ``outer_step`` as
+the time attribute. A divergence or a bad parameter combination is reported as
+a failed result (``diverged`` / ``trial_error``) and the trial ends normally, so
+the driver records the reason and the job goes on.
+"""
+
+from __future__ import annotations
+
+import math
+import socket
+from typing import Any
+
+import torch
+from ray import tune
+
+from workers.bmo import BMOConfig, DivergenceError, train
+from workers.tasks import make_problem, split_settings
+
+
+def _worst(objectives: list[tuple[str, str]]) -> dict[str, float]:
+    return {key: (math.inf if mode == "min" else -math.inf) for key, mode in objectives}
+
+
+def trainable(params: dict[str, Any], *, job: dict[str, Any]) -> None:
+    """Train one BMO model with ``params`` (searched) over ``job`` (task, task_args, fixed, objectives, threads)."""
+    torch.set_num_threads(job.get("threads", 1))
+    config_values, task_args = split_settings({**job["fixed"], **params})
+    objectives = [tuple(o) for o in job["objectives"]]
+    base = {"outer_step": 0, "outer_steps": config_values.get("outer_steps", BMOConfig.outer_steps),
+            "node": socket.gethostname()}
+    try:
+        config = BMOConfig.from_dict(config_values)
+        problem = make_problem(job["task"], {**job["task_args"], **task_args})
+    except (ValueError, TypeError) as e:
+        tune.report({**base, **_worst(objectives), "trial_error": f"invalid settings: {e}"})
+        return
+
+    def report(step: int, metrics: dict[str, float]) -> None:
+        if metrics["val_step"] != step:
+            return
+        out = {**base, **metrics, "outer_step": step, "device": str(problem.device)}
+        if step == config.outer_steps:
+            out.update({f"refined_{k}": v for k, v in problem.learned_values().items()})
+        tune.report(out)
+
+    try:
+        train(problem, config, report=report)
+    except DivergenceError as e:
+        tune.report({**base, **_worst(objectives), "outer_step": e.outer_step, "diverged": str(e)})
+    except Exception as e:
+        tune.report({**base, **_worst(objectives), "trial_error": f"{type(e).__name__}: {e}"})
+        raise
