@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
 from hpo import __version__
 from hpo.errors import HPOError
+from hpo.spec import DEFAULT_STORAGE
 
 _TOP_LEVEL = ("study", "task", "trials", "concurrency", "time_budget", "storage", "results_dir")
 
@@ -94,6 +96,59 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0 if result.complete else 1
 
 
+def _cmd_studies(args: argparse.Namespace) -> int:
+    """List the studies in a storage."""
+    from hpo.results import format_table, list_studies
+
+    rows = list_studies(args.storage)
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+    elif not rows:
+        print(f"no studies in {args.storage}")
+    else:
+        print(format_table(rows, ["study", "directions", "trials", "complete", "pruned", "failed", "running", "best"]))
+    return 0
+
+
+def _cmd_trials(args: argparse.Namespace) -> int:
+    """Print a study's trials as a table."""
+    from hpo.results import format_table, trials_rows
+
+    rows, columns = trials_rows(args.storage, args.study)
+    print(format_table(rows, columns) if rows else f"study {args.study!r} has no trials")
+    return 0
+
+
+def _cmd_best(args: argparse.Namespace) -> int:
+    """Print the best trial (or the Pareto front)."""
+    from hpo.results import best_trials
+
+    best = best_trials(args.storage, args.study)
+    if args.json:
+        print(json.dumps(best if len(best) > 1 else best[0], indent=2, default=str))
+        return 0
+    for b in best:
+        print(f"trial {b['number']}: values={b['values']}")
+        for name, value in b["params"].items():
+            print(f"  {name} = {value}")
+        for name, value in b["user_attrs"].items():
+            print(f"  [{name}] {value}")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    """Export a study's trials as CSV or JSON, to stdout or --output."""
+    from hpo.results import export, write_atomically
+
+    text = export(args.storage, args.study, args.format)
+    if args.output:
+        write_atomically(args.output, text)
+        print(f"wrote {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with one subparser per command."""
     parser = argparse.ArgumentParser(prog="hpo", description="Tune BMO solvers with Ray Tune and Optuna.")
@@ -119,6 +174,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", help="join this Ray cluster (default: start an embedded local Ray)")
     p.add_argument("--resume", action="store_true", help="finish the spec's existing study after an interrupted run")
     p.set_defaults(func=_cmd_run)
+
+    def with_storage(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--storage", default=DEFAULT_STORAGE, help=f"Optuna storage URL (default: {DEFAULT_STORAGE})")
+        return p
+
+    p = with_storage(sub.add_parser("studies", help="list the studies in a storage"))
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_cmd_studies)
+    p = with_storage(sub.add_parser("trials", help="a study's trials as a table"))
+    p.add_argument("study")
+    p.set_defaults(func=_cmd_trials)
+    p = with_storage(sub.add_parser("best", help="a study's best trial (Pareto front if multi-objective)"))
+    p.add_argument("study")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_cmd_best)
+    p = with_storage(sub.add_parser("export", help="export a study's trials"))
+    p.add_argument("study")
+    p.add_argument("--format", choices=("csv", "json"), default="csv")
+    p.add_argument("--output", "-o", help="write to this file (atomically) instead of stdout")
+    p.set_defaults(func=_cmd_export)
     return parser
 
 
