@@ -100,6 +100,7 @@ class StudySearch(OptunaSearch):
         self._spec, self._stopped, self._progress = spec, stopped_by_scheduler, progress
         self._keys = [o.reported for o in spec.objectives]
         self._last: dict[str, dict] = {}
+        self._reported: dict[str, set[int]] = {}
         self._started: dict[str, float] = {}
 
     def suggest(self, trial_id: str):
@@ -124,10 +125,15 @@ class StudySearch(OptunaSearch):
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         self._last[trial_id] = result
         if not self._spec.multi_objective and not self._failure(result) and trial_id in self._ot_trials:
-            value = result.get(self._keys[0])
-            if value is not None and math.isfinite(value):
-                self._ot_trials[trial_id].report(value, int(result["outer_step"]))
+            self._report(trial_id, result)
         self._progress.heartbeat()
+
+    def _report(self, trial_id: str, result: dict) -> None:
+        value, step = result.get(self._keys[0]), int(result["outer_step"])
+        done = self._reported.setdefault(trial_id, set())
+        if value is not None and math.isfinite(value) and step not in done:
+            self._ot_trials[trial_id].report(float(value), step)
+            done.add(step)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
@@ -147,9 +153,9 @@ class StudySearch(OptunaSearch):
             state = TrialState.PRUNED
             note = "stopped by the scheduler" if trial_id in self._stopped else "stopped early (time budget or interrupt)"
             ot_trial.set_user_attr("stopped_by", "scheduler" if trial_id in self._stopped else "driver")
-        if state != TrialState.FAIL and not self._spec.multi_objective and last.get(self._keys[0]) is not None:
-            # Tune passes the last result to on_trial_complete only: record it as an intermediate value too.
-            ot_trial.report(float(last[self._keys[0]]), int(last["outer_step"]))
+        if state != TrialState.FAIL and not self._spec.multi_objective and last:
+            # Tune may pass the last result to on_trial_complete only: record it as an intermediate value too.
+            self._report(trial_id, last)
         self._record_attrs(ot_trial, trial_id, last)
         try:
             self._ot_study.tell(ot_trial, values if values is None or len(values) > 1 else values[0], state=state)
@@ -270,8 +276,10 @@ def _prepare_study(spec: JobSpec, storage, resume: bool, out) -> tuple[dict, int
         if t.state == TrialState.RUNNING:
             storage.set_trial_user_attr(t._trial_id, "fail_reason", INTERRUPTED)
             storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)
-            out(f"trial {t.number} was left running by the previous driver: marked failed and queued again")
+            if t.params:  # a trial killed before its parameters were drawn has nothing to retry
+                study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)
+            out(f"trial {t.number} was left running by the previous driver: marked failed"
+                + (" and queued again with the same parameters" if t.params else ""))
     trials = study.get_trials(deepcopy=False)
     counts = {state: 0 for state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
     for t in trials:

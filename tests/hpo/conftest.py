@@ -1,0 +1,62 @@
+"""Fixtures for service tests: one Ray instance per test session, spec files, storages."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+
+# A tiny spec every service test starts from (trials of about a second on 2 CPUs).
+BASE_SPEC = {
+    "study": "t",
+    "task": "sparse_coding",
+    "task_args": {"m": 16, "n": 32, "batch_size": 16, "val_size": 64, "test_size": 16},
+    "fixed": {"K": 4, "outer_steps": 40, "eval_every": 10},
+    "space": {
+        "mu": {"type": "float", "low": 0.0, "high": 0.3},
+        "gamma": {"type": "float", "low": 1.0e-3, "high": 3.0e-2, "log": True},
+    },
+    "objective": {"metric": "nmse_db", "mode": "min"},
+    "sampler": {"name": "random", "seed": 0},
+    "scheduler": {"name": "none"},
+    "trials": 2,
+    "concurrency": 2,
+    "resources": {"cpu": 1, "gpu": 0},
+}
+
+
+def write_spec(directory: Path, name: str = "spec.yaml", **changes) -> Path:
+    """Write BASE_SPEC with top-level ``changes`` (None deletes a key) as YAML; return its path."""
+    spec = {**BASE_SPEC, **changes}
+    spec = {k: v for k, v in spec.items() if v is not None}
+    spec.setdefault("storage", f"sqlite:///{directory / 'studies.db'}")
+    spec.setdefault("results_dir", str(directory / "ray"))
+    path = directory / name
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="session")
+def ray_address():
+    """Start one local Ray for the whole test session (free ports, never Redis's 6379); yield its address."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run the ``hpo`` command in a subprocess and capture its output."""
+    return subprocess.run(
+        [sys.executable, "-m", "hpo.cli", *args],
+        cwd=cwd or REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )

@@ -1,0 +1,209 @@
+"""End to end on a real local Ray: trial states, attributes, user problems, resume after SIGKILL, PostgreSQL."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from hpo.driver import INTERRUPTED, run_job
+from hpo.errors import ClusterError, StorageError
+from hpo.spec import load_spec
+from tests.hpo.conftest import REPO, run_cli, write_spec
+
+pytestmark = pytest.mark.slow
+
+
+def _study(spec):
+    return optuna.load_study(study_name=spec.study, storage=spec.storage)
+
+
+def test_quickstart_end_to_end_with_two_concurrent_trials(tmp_path, ray_address):
+    spec = load_spec(
+        REPO / "search_spaces" / "quickstart.yaml",
+        {"storage": f"sqlite:///{tmp_path / 's.db'}", "results_dir": str(tmp_path / "ray"), "trials": 6,
+         "fixed.outer_steps": 100, "fixed.eval_every": 10, "scheduler.grace_period": 10},
+    )
+    lines = []
+    result = run_job(spec, out=lines.append)
+    trials = _study(spec).get_trials()
+    assert len(trials) == 6
+    assert result.complete + result.pruned + result.failed == 6 and result.complete >= 1
+    assert {t.state for t in trials} <= {TrialState.COMPLETE, TrialState.PRUNED}
+    assert len({t.user_attrs["ray_trial_id"] for t in trials}) == 6  # one Tune trial = one Optuna trial
+    for t in trials:
+        assert t.user_attrs["device"] == "cpu" and t.user_attrs["node"] and t.user_attrs["wall_time_s"] > 0
+        assert t.user_attrs["fp_residual"] >= 0
+        final = t.user_attrs["final_step"]
+        assert max(t.intermediate_values) == final  # the final step's value is reported too
+        assert t.value == pytest.approx(t.intermediate_values[final])
+        if t.state == TrialState.COMPLETE:
+            assert final == 100 and "refined_lam" in t.user_attrs  # searched λ and its refined value
+        else:
+            assert final < 100 and t.user_attrs["stopped_by"] == "scheduler"
+        if t.params.get("hypergrad") != "truncated":
+            assert "truncate" not in t.params  # conditional parameter
+    spans = sorted((t.datetime_start, t.datetime_complete) for t in trials)
+    assert any(b[0] < a[1] for a, b in zip(spans, spans[1:]))  # trials ran side by side
+    assert any("6/6 finished" in line for line in lines)
+    assert result.best and result.best[0]["values"][0] == min(t.value for t in trials if t.state == TrialState.COMPLETE)
+
+
+USER_PROBLEM = '''
+import torch
+from dataclasses import dataclass
+from workers import Problem
+
+
+@dataclass
+class B:
+    y: torch.Tensor
+    x: torch.Tensor
+
+
+class Shrink(Problem):
+    """T(u) = (1 - t) u + t y; diverges on purpose when explode=True."""
+
+    def __init__(self, explode: bool = False, t0: float = 0.5):
+        super().__init__()
+        self.t = torch.nn.Parameter(torch.tensor(t0))
+        self.explode = explode
+        g = torch.Generator().manual_seed(0)
+        self.data = B(torch.randn(8, 4, generator=g), torch.randn(8, 4, generator=g))
+
+    def init(self, batch):
+        return torch.zeros_like(batch.y)
+
+    def operator(self, u, batch, k):
+        if self.explode and k >= 2:
+            return u * float("inf")
+        return (1 - self.t) * u + self.t * batch.y
+
+    def upper_loss(self, u, batch):
+        return 0.5 * ((u - batch.x) ** 2).sum(-1).mean()
+
+    def metrics(self, u, batch):
+        return {"mse": float(((u - batch.x) ** 2).mean())}
+
+    def batches(self, split):
+        while True:
+            yield self.data
+            if split != "train":
+                return
+'''
+
+
+def test_user_problem_from_a_file_outside_the_package_and_failed_trials(tmp_path, ray_address):
+    (tmp_path / "my_problem.py").write_text(textwrap.dedent(USER_PROBLEM))
+    spec_path = write_spec(
+        tmp_path, task="my_problem:Shrink", task_args={}, fixed={"K": 3, "outer_steps": 20, "eval_every": 5},
+        space={"explode": {"type": "categorical", "choices": [False, True]}, "t0": {"type": "float", "low": 0.1, "high": 0.9}},
+        objective={"metric": "mse", "mode": "min"}, sampler={"name": "random", "seed": 3}, trials=6,
+    )
+    proc = run_cli("run", str(spec_path), "--address", ray_address, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    trials = optuna.load_study(study_name="t", storage=f"sqlite:///{tmp_path / 'studies.db'}").get_trials()
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert failed and complete and len(failed) + len(complete) == 6
+    for t in failed:
+        assert t.params["explode"] is True
+        assert "diverged: u is not finite at outer step 1, inner step 2" in t.user_attrs["fail_reason"]
+    for t in complete:
+        assert t.params["explode"] is False and "refined_t" in t.user_attrs
+    assert "failed" in proc.stdout and "best trial" in proc.stdout
+
+
+def test_resources_no_node_offers_are_rejected_before_writing(tmp_path, ray_address):
+    spec = load_spec(write_spec(tmp_path, resources={"cpu": 64, "gpu": 0}))
+    with pytest.raises(ClusterError, match="resources.cpu=64"):
+        run_job(spec, out=lambda line: None)
+    spec = load_spec(write_spec(tmp_path, resources={"cpu": 1, "gpu": 1}))
+    with pytest.raises(ClusterError, match="resources.gpu=1"):
+        run_job(spec, out=lambda line: None)
+    assert not (tmp_path / "studies.db").exists()
+
+
+def test_existing_study_needs_resume_and_resume_needs_a_study(tmp_path, ray_address):
+    spec = load_spec(write_spec(tmp_path, trials=1))
+    with pytest.raises(StorageError, match="no study 't'"):
+        run_job(spec, resume=True, out=lambda line: None)
+    run_job(spec, out=lambda line: None)
+    with pytest.raises(StorageError, match="already exists .* pass --resume"):
+        run_job(spec, out=lambda line: None)
+    changed = load_spec(write_spec(tmp_path, trials=1, fixed={"K": 5, "outer_steps": 40, "eval_every": 10}))
+    with pytest.raises(StorageError, match="fixed differ"):
+        run_job(changed, resume=True, out=lambda line: None)
+
+
+def _finished(storage: str, study: str) -> list:
+    try:
+        trials = optuna.load_study(study_name=study, storage=storage).get_trials()
+    except KeyError:
+        return []
+    return [t for t in trials if t.state.is_finished()]
+
+
+def test_resume_after_sigkill_finishes_the_study(tmp_path, ray_address):
+    spec_path = write_spec(tmp_path, trials=6, concurrency=2, fixed={"K": 8, "outer_steps": 300, "eval_every": 50})
+    storage = f"sqlite:///{tmp_path / 'studies.db'}"
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "hpo.cli", "run", str(spec_path), "--address", ray_address],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    deadline = time.monotonic() + 240
+    while len(_finished(storage, "t")) < 2 and time.monotonic() < deadline and driver.poll() is None:
+        time.sleep(0.5)
+    assert driver.poll() is None, driver.stdout.read().decode()[-2000:]
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait()
+    before = {t.number: (t.state, t.value) for t in _finished(storage, "t")}
+    assert 2 <= len(before) < 6
+    time.sleep(2)  # let Ray reap the dead driver's trial actors
+
+    proc = run_cli("run", str(spec_path), "--resume", "--address", ray_address, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    trials = optuna.load_study(study_name="t", storage=storage).get_trials()
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    for number, (state, value) in before.items():  # nothing finished is lost or changed
+        assert (trials[number].state, trials[number].value) == (state, value)
+    counted = [t for t in trials if t.state.is_finished() and t.user_attrs.get("fail_reason") != INTERRUPTED]
+    assert len(counted) == 6  # exactly the asked-for number: no trial repeated
+    interrupted = [t for t in trials if t.user_attrs.get("fail_reason") == INTERRUPTED]
+    retried = {t.user_attrs.get("retry_of") for t in trials} - {None}
+    assert retried == {t.number for t in interrupted if t.params}
+    for t in (t for t in interrupted if t.params):  # rerun with the same parameters
+        assert any(r.user_attrs.get("retry_of") == t.number and r.params == t.params for r in trials)
+
+
+def test_two_jobs_write_two_studies_into_one_postgresql_database(tmp_path, ray_address):
+    storage = "postgresql://127.0.0.1:5432/test"
+    names = [f"pg-{uuid.uuid4().hex[:8]}-{i}" for i in range(2)]
+    specs = [write_spec(tmp_path, name=f"{n}.yaml", study=n, storage=storage, trials=3, concurrency=1) for n in names]
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "hpo.cli", "run", str(s), "--address", ray_address],
+                         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for s in specs
+    ]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    try:
+        for p, out in zip(procs, outputs):
+            assert p.returncode == 0, out[-2000:]
+        for n in names:
+            trials = optuna.load_study(study_name=n, storage=storage).get_trials()
+            assert len(trials) == 3 and all(t.state == TrialState.COMPLETE for t in trials)
+        listed = json.loads(run_cli("studies", "--storage", storage, "--json").stdout)
+        assert set(names) <= {row["study"] for row in listed}
+    finally:
+        for n in names:
+            try:
+                optuna.delete_study(study_name=n, storage=storage)
+            except KeyError:
+                pass

@@ -1,0 +1,121 @@
+"""Job specs: valid ones parse; each kind of bad spec is one clear line, no traceback, nothing written."""
+
+import pytest
+import yaml
+
+from hpo.cli import main
+from hpo.errors import SpecError
+from hpo.spec import check_against_task, load_spec, parse_spec
+from tests.hpo.conftest import REPO, write_spec
+
+
+@pytest.mark.parametrize("name", ["quickstart.yaml", "sparse_coding.yaml"])
+def test_shipped_specs_are_valid(name):
+    spec = load_spec(REPO / "search_spaces" / name)
+    metrics = check_against_task(spec)
+    assert all(o.metric in metrics for o in spec.objectives)
+
+
+def test_spec_fields_parse(tmp_path):
+    spec = load_spec(write_spec(tmp_path, space={
+        "hypergrad": {"type": "categorical", "choices": ["unroll", "truncated"]},
+        "truncate": {"type": "int", "low": 1, "high": 3, "when": {"hypergrad": "truncated"}},
+        "gamma": {"type": "float", "low": "1e-4", "high": 1.0e-2, "log": True},
+    }, objective=[{"metric": "val_nmse_db", "mode": "min"}, {"metric": "fp_residual", "mode": "min"}],
+        time_budget=60))
+    assert [p.name for p in spec.space] == ["hypergrad", "truncate", "gamma"]
+    assert spec.space[1].when == {"hypergrad": ("truncated",)}
+    assert spec.space[2].low == 1e-4  # YAML 1.1 reads 1e-4 as a string; a number was meant
+    assert [o.metric for o in spec.objectives] == ["nmse_db", "fp_residual"]
+    assert spec.multi_objective and spec.time_budget == 60
+
+
+def test_overrides_apply_dotted_keys(tmp_path):
+    spec = load_spec(write_spec(tmp_path), {"fixed.K": 7, "trials": 5, "task_args.m": 20})
+    assert spec.fixed["K"] == 7 and spec.trials == 5 and spec.task_args["m"] == 20
+
+
+# (what is wrong, changes to the base spec, words the one-line message must contain)
+BAD_SPECS = [
+    ("unknown field", {"trails": 3}, ["trails", "unknown field"]),
+    ("wrong type", {"trials": "many"}, ["trials", "'many'"]),
+    ("non-positive trials", {"trials": 0}, ["trials", "0"]),
+    ("low > high", {"space": {"mu": {"type": "float", "low": 0.5, "high": 0.1}}}, ["space.mu", "low=0.5", "high=0.1"]),
+    ("unknown parameter type", {"space": {"mu": {"type": "uniform", "low": 0, "high": 1}}}, ["space.mu.type", "'uniform'"]),
+    ("unknown sampler", {"sampler": {"name": "bayes"}}, ["sampler.name", "'bayes'"]),
+    ("unknown scheduler", {"scheduler": {"name": "pbt"}}, ["scheduler.name", "'pbt'"]),
+    ("bad mode", {"objective": {"metric": "nmse_db", "mode": "lowest"}}, ["objective.mode", "'lowest'"]),
+    ("log with low <= 0", {"space": {"gamma": {"type": "float", "low": 0.0, "high": 1.0, "log": True}}}, ["space.gamma", "low=0.0"]),
+    ("categorical without choices", {"space": {"hypergrad": {"type": "categorical"}}}, ["space.hypergrad.choices"]),
+    ("condition on an unknown parent", {"space": {"truncate": {"type": "int", "low": 1, "high": 2, "when": {"mode": "x"}}}}, ["space.truncate.when", "'mode'"]),
+    ("bad storage scheme", {"storage": "redis://127.0.0.1:6379"}, ["storage", "'redis'"]),
+    ("multi-objective with ASHA", {"objective": [{"metric": "nmse_db", "mode": "min"}, {"metric": "fp_residual", "mode": "min"}],
+                                   "scheduler": {"name": "asha"}}, ["scheduler", "multi-objective"]),
+    ("key both fixed and searched", {"fixed": {"mu": 0.1, "K": 4, "outer_steps": 40}}, ["fixed.mu", "also in space"]),
+    ("negative gpu", {"resources": {"cpu": 1, "gpu": -1}}, ["resources.gpu", "-1"]),
+]
+
+# Spec errors only the task can reveal.
+BAD_FOR_TASK = [
+    ("unknown task", {"task": "deblur_everything"}, ["task", "'deblur_everything'"]),
+    ("unimportable task path", {"task": "no_such_module:Thing"}, ["task", "no_such_module"]),
+    ("unknown space key", {"space": {"Kay": {"type": "int", "low": 1, "high": 3}}}, ["space.Kay", "neither a BMOConfig field"]),
+    ("invalid fixed value", {"fixed": {"K": 0}}, ["fixed", "K=0"]),
+    ("range outside BMOConfig's domain", {"space": {"mu": {"type": "float", "low": 0.0, "high": 1.5}}}, ["space.mu", "mu=1.5"]),
+    ("metric the task does not produce", {"objective": {"metric": "psnr", "mode": "max"}}, ["objective.metric", "'psnr'", "nmse_db"]),
+    ("unknown task argument", {"task_args": {"m": 16, "n": 32, "colour": "red"}}, ["task_args.colour"]),
+    ("task argument out of range", {"task_args": {"m": -3}}, ["task_args", "m=-3"]),
+]
+
+
+@pytest.mark.parametrize("what, changes, words", BAD_SPECS, ids=[b[0] for b in BAD_SPECS])
+def test_bad_spec_is_one_clear_error(tmp_path, what, changes, words):
+    with pytest.raises(SpecError) as info:
+        load_spec(write_spec(tmp_path, **changes))
+    message = str(info.value)
+    assert "\n" not in message
+    for word in words:
+        assert word in message, (what, message)
+
+
+@pytest.mark.parametrize("what, changes, words", BAD_FOR_TASK, ids=[b[0] for b in BAD_FOR_TASK])
+def test_spec_checked_against_the_task(tmp_path, what, changes, words):
+    with pytest.raises(SpecError) as info:
+        check_against_task(load_spec(write_spec(tmp_path, **changes)))
+    message = str(info.value)
+    assert "\n" not in message
+    for word in words:
+        assert word in message, (what, message)
+
+
+def test_not_yaml_and_not_a_mapping(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("study: [unclosed\n")
+    with pytest.raises(SpecError, match="not valid YAML at line"):
+        load_spec(bad)
+    bad.write_text("- just\n- a list\n")
+    with pytest.raises(SpecError, match="must be a YAML mapping"):
+        load_spec(bad)
+    with pytest.raises(SpecError, match="cannot read"):
+        load_spec(tmp_path / "missing.yaml")
+
+
+def test_parse_spec_rejects_non_mapping_sections():
+    with pytest.raises(SpecError, match="space: must be a mapping"):
+        parse_spec({**yaml.safe_load("study: s\ntask: sparse_coding\nobjective: {metric: nmse_db, mode: min}"), "space": [1, 2]})
+
+
+@pytest.mark.parametrize("what, changes, words", BAD_SPECS[:4] + BAD_FOR_TASK[:2] + [
+    ("unreachable storage", {"storage": "postgresql://127.0.0.1:5999/test"}, ["storage", "unreachable"]),
+    ("storage directory missing", {"storage": "sqlite:////nonexistent-dir/x.db"}, ["storage", "does not exist"]),
+], ids=lambda v: v if isinstance(v, str) else "")
+def test_cli_prints_one_line_exits_nonzero_and_writes_nothing(tmp_path, capsys, what, changes, words):
+    path = write_spec(tmp_path, **changes)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    code = main(["run", str(path)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("hpo: error: ") and "Traceback" not in err
+    for word in words:
+        assert word in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no database, no results folder
