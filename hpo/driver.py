@@ -369,6 +369,7 @@ def _fit(spec: JobSpec, search: StudySearch, scheduler, num_samples: int) -> Non
         "fixed": spec.fixed,
         "objectives": [(o.reported, o.mode) for o in spec.objectives],
         "threads": threads,
+        "report_interval": spec.report_interval,
     }
     resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
     results_dir = spec.results_dir if "://" in spec.results_dir else str(Path(spec.results_dir).resolve())

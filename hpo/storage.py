@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import optuna
@@ -46,12 +47,21 @@ def check_storage(url: str, *, create_dirs: bool = False) -> None:
 
 def open_storage(url: str) -> optuna.storages.RDBStorage:
     """The Optuna storage object for ``url`` (creates Optuna's tables on first use)."""
+    import sqlalchemy.exc
+
     check_storage(url)
     kwargs = {"connect_args": {"timeout": 30}} if url.startswith("sqlite") else {"pool_pre_ping": True}
-    try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
-    except Exception as e:
-        raise StorageError(f"storage {url!r}: {str(e).splitlines()[0]}") from None
+    attempts = 5
+    for attempt in range(attempts):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+        except sqlalchemy.exc.SQLAlchemyError as e:
+            # Two jobs creating Optuna's tables in a fresh database at once race (duplicate type or
+            # table); the loser finds the tables on the next try.
+            if attempt == attempts - 1:
+                raise StorageError(f"storage {url!r}: {str(e).splitlines()[0]}") from None
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def find_study(storage, name: str) -> optuna.study.StudySummary | None:

@@ -1,8 +1,8 @@
 """The Ray Tune function trainable: searched params + the job's fixed settings → problem + BMO → tune.report.
 
-The only module of ``workers`` that imports Ray. It reports once per validation
-(every ``eval_every`` outer steps and at the last step) with ``outer_step`` as
-the time attribute. A divergence or a bad parameter combination is reported as
+The only module of ``workers`` that imports Ray. It reports validations (every
+``eval_every`` outer steps), at most one per ``report_interval`` seconds and
+always the last step, with ``outer_step`` as the time attribute. A divergence or a bad parameter combination is reported as
 a failed result (``diverged`` / ``trial_error``) and the trial ends normally, so
 the driver records the reason and the job goes on.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import socket
+import time
 from typing import Any
 
 import torch
@@ -38,9 +39,16 @@ def trainable(params: dict[str, Any], *, job: dict[str, Any]) -> None:
         tune.report({**base, **_worst(objectives), "trial_error": f"invalid settings: {e}"})
         return
 
+    interval = job.get("report_interval", 0.0)
+    last_report = [time.monotonic()]
+
     def report(step: int, metrics: dict[str, float]) -> None:
         if metrics["val_step"] != step:
             return
+        now = time.monotonic()
+        if step != config.outer_steps and now - last_report[0] < interval:
+            return  # each report costs Tune a few ms; at most one per interval, and always the last step
+        last_report[0] = now
         out = {**base, **metrics, "outer_step": step, "device": str(problem.device)}
         if step == config.outer_steps:
             out.update({f"refined_{k}": v for k, v in problem.learned_values().items()})

@@ -60,3 +60,22 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300, env: dict
         timeout=timeout,
         env={**os.environ, **(env or {})},
     )
+
+
+@pytest.fixture
+def postgres_url():
+    """A fresh, empty PostgreSQL database on the local server (dropped afterwards); skip if none runs."""
+    import uuid
+
+    psycopg = pytest.importorskip("psycopg")
+    name = f"bmo_hpo_{uuid.uuid4().hex[:10]}"
+    try:
+        admin = psycopg.connect("postgresql://127.0.0.1:5432/test", autocommit=True)
+    except psycopg.OperationalError as e:
+        pytest.skip(f"no PostgreSQL on 127.0.0.1:5432 ({e})")
+    admin.execute(f"CREATE DATABASE {name}")
+    try:
+        yield f"postgresql://127.0.0.1:5432/{name}"
+    finally:
+        admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
+        admin.close()

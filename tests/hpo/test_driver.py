@@ -7,7 +7,6 @@ import subprocess
 import sys
 import textwrap
 import time
-import uuid
 
 import optuna
 import pytest
@@ -29,13 +28,13 @@ def test_quickstart_end_to_end_with_two_concurrent_trials(tmp_path, ray_address)
     spec = load_spec(
         REPO / "search_spaces" / "quickstart.yaml",
         {"storage": f"sqlite:///{tmp_path / 's.db'}", "results_dir": str(tmp_path / "ray"), "trials": 6,
-         "fixed.outer_steps": 100, "fixed.eval_every": 10, "scheduler.grace_period": 10},
+         "fixed.outer_steps": 100, "fixed.eval_every": 10, "scheduler.grace_period": 10, "report_interval": 0},
     )
     lines = []
     result = run_job(spec, out=lines.append)
     trials = _study(spec).get_trials()
     assert len(trials) == 6
-    assert result.complete + result.pruned + result.failed == 6 and result.complete >= 1
+    assert result.complete + result.pruned + result.failed == 6 and result.complete >= 1 and result.pruned >= 1
     assert {t.state for t in trials} <= {TrialState.COMPLETE, TrialState.PRUNED}
     assert len({t.user_attrs["ray_trial_id"] for t in trials}) == 6  # one Tune trial = one Optuna trial
     for t in trials:
@@ -132,13 +131,15 @@ def test_resources_no_node_offers_are_rejected_before_writing(tmp_path, ray_addr
 
 
 def test_existing_study_needs_resume_and_resume_needs_a_study(tmp_path, ray_address):
-    spec = load_spec(write_spec(tmp_path, trials=1))
+    spec = load_spec(write_spec(tmp_path, trials=1, report_interval=1e9))
     with pytest.raises(StorageError, match="no study 't'"):
         run_job(spec, resume=True, out=lambda line: None)
     run_job(spec, out=lambda line: None)
+    (trial,) = _study(spec).get_trials()
+    assert list(trial.intermediate_values) == [40]  # throttled reports: only the last step
     with pytest.raises(StorageError, match="already exists .* pass --resume"):
         run_job(spec, out=lambda line: None)
-    changed = load_spec(write_spec(tmp_path, trials=1, fixed={"K": 5, "outer_steps": 40, "eval_every": 10}))
+    changed = load_spec(write_spec(tmp_path, trials=1, report_interval=1e9, fixed={"K": 5, "outer_steps": 40, "eval_every": 10}))
     with pytest.raises(StorageError, match="fixed differ"):
         run_job(changed, resume=True, out=lambda line: None)
 
@@ -183,9 +184,10 @@ def test_resume_after_sigkill_finishes_the_study(tmp_path, ray_address):
         assert any(r.user_attrs.get("retry_of") == t.number and r.params == t.params for r in trials)
 
 
-def test_two_jobs_write_two_studies_into_one_postgresql_database(tmp_path, ray_address):
-    storage = "postgresql://127.0.0.1:5432/test"
-    names = [f"pg-{uuid.uuid4().hex[:8]}-{i}" for i in range(2)]
+def test_two_jobs_write_two_studies_into_one_postgresql_database(tmp_path, ray_address, postgres_url):
+    # A fresh database: both jobs also race to create Optuna's tables.
+    storage = postgres_url
+    names = ["pg-a", "pg-b"]
     specs = [write_spec(tmp_path, name=f"{n}.yaml", study=n, storage=storage, trials=3, concurrency=1) for n in names]
     procs = [
         subprocess.Popen([sys.executable, "-m", "hpo.cli", "run", str(s), "--address", ray_address],
@@ -200,10 +202,7 @@ def test_two_jobs_write_two_studies_into_one_postgresql_database(tmp_path, ray_a
             trials = optuna.load_study(study_name=n, storage=storage).get_trials()
             assert len(trials) == 3 and all(t.state == TrialState.COMPLETE for t in trials)
         listed = json.loads(run_cli("studies", "--storage", storage, "--json").stdout)
-        assert set(names) <= {row["study"] for row in listed}
+        assert {row["study"] for row in listed} == set(names)
     finally:
-        for n in names:
-            try:
-                optuna.delete_study(study_name=n, storage=storage)
-            except KeyError:
-                pass
+        for p in procs:
+            p.kill()
