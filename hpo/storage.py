@@ -45,6 +45,21 @@ def check_storage(url: str, *, create_dirs: bool = False) -> None:
         raise StorageError(f"storage {url!r} is unreachable: {reason}") from None
 
 
+def _use_wal(engine) -> None:
+    """SQLite in WAL mode with normal sync: readers (a dashboard) never block the job, and a commit costs
+    no fsync; a committed trial survives a killed process (only an OS crash can lose the last commits)."""
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "connect")
+    def _pragmas(dbapi_connection, _record) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    engine.dispose()  # connections opened while Optuna created its tables lack the pragmas
+
+
 def open_storage(url: str) -> optuna.storages.RDBStorage:
     """The Optuna storage object for ``url`` (creates Optuna's tables on first use)."""
     import sqlalchemy.exc
@@ -54,7 +69,10 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
     attempts = 5
     for attempt in range(attempts):
         try:
-            return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+            storage = optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+            if sqlite_path(url) is not None:
+                _use_wal(storage.engine)
+            return storage
         except sqlalchemy.exc.SQLAlchemyError as e:
             # Two jobs creating Optuna's tables in a fresh database at once race (duplicate type or
             # table); the loser finds the tables on the next try.

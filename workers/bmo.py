@@ -90,7 +90,7 @@ class BMOConfig:
     eval_K: int | None = None  # inner steps at evaluation (None: K)
     eval_every: int = 1  # outer steps between validations
     implicit_tol: float = 1e-6  # relative tolerance of the adjoint solve
-    implicit_maxiter: int = 200
+    implicit_maxiter: int = 100  # BiCGSTAB iterations (two vector-Jacobian products each)
     grad_clip: float | None = None  # max global norm of the hypergradient (None: off)
     device: str = "auto"  # "auto" (CUDA when available) | "cpu" | "cuda"
     seed: int = 0
@@ -134,6 +134,16 @@ class BMOConfig:
     def eval_steps(self) -> int:
         """Inner steps used at evaluation."""
         return self.K if self.eval_K is None else self.eval_K
+
+
+class Hypergradient(NamedTuple):
+    """ℓ(u^K(ω); ω), u^K (detached), ∂ℓ/∂ω per trainable parameter (None where ℓ ignores it),
+    and for ``implicit`` the relative residual of the adjoint solve (else None)."""
+
+    loss: Tensor
+    u: Tensor
+    grads: list[Tensor | None]
+    adjoint_residual: float | None = None
 
 
 class InnerSolution(NamedTuple):
@@ -297,34 +307,75 @@ def _trainable(problem: Problem) -> list[torch.nn.Parameter]:
     return [p for p in problem.parameters() if p.requires_grad]
 
 
+def _bicgstab(apply, b: Tensor, tol: float, maxiter: int) -> tuple[Tensor, float, int]:
+    """Solve apply(x) = b by BiCGSTAB (matrix-free); return (x, relative residual, iterations)."""
+    dot = lambda a, c: torch.sum(a * c)  # noqa: E731
+    b_norm = torch.linalg.vector_norm(b).clamp_min(torch.finfo(b.dtype).tiny)
+    x = b.clone()  # one Neumann term: exact when the Jacobian vanishes
+    r = b - apply(x)
+    r_hat = r.clone()
+    rho_old = alpha = omega = torch.ones((), dtype=b.dtype, device=b.device)
+    v = p = torch.zeros_like(b)
+    rel = float(torch.linalg.vector_norm(r) / b_norm)
+    it = 0
+    while rel > tol and it < maxiter:
+        it += 1
+        rho = dot(r_hat, r)
+        if float(rho.abs()) == 0.0:  # breakdown: r is orthogonal to the shadow residual
+            break
+        p = r + (rho / rho_old) * (alpha / omega) * (p - omega * v)
+        v = apply(p)
+        alpha = rho / dot(r_hat, v)
+        s = r - alpha * v
+        if float(torch.linalg.vector_norm(s) / b_norm) <= tol:
+            x = x + alpha * p
+            r = s
+        else:
+            t = apply(s)
+            tt = dot(t, t)
+            omega = dot(t, s) / tt if float(tt) > 0 else torch.zeros_like(tt)
+            x = x + alpha * p + omega * s
+            r = s - omega * t
+            if float(omega.abs()) == 0.0:
+                rel = float(torch.linalg.vector_norm(r) / b_norm)
+                break
+        rho_old = rho
+        rel = float(torch.linalg.vector_norm(r) / b_norm)
+    return x, rel, it
+
+
 def _implicit_grads(problem, batch, config, u_star: Tensor, params, k: int):
-    """Implicit hypergradient at u* = T(u*): solve v = ∂_uℓ + (∂_uT)ᵀ v, then ∂_ωℓ + (∂_ωT)ᵀ v."""
+    """Implicit hypergradient at u* = T(u*): solve (I - (∂_uT)ᵀ) v = ∂_uℓ, then ∂_ωℓ + (∂_ωT)ᵀ v.
+
+    The adjoint system is solved matrix-free by BiCGSTAB on vector-Jacobian
+    products. Returns ``(loss, grads, relative residual of the adjoint solve)``.
+    """
     u_star = u_star.detach().requires_grad_(True)
     loss = problem.upper_loss(u_star, batch)
     g_u, *g_direct = torch.autograd.grad(loss, [u_star, *params], allow_unused=True)
     f = problem.project(problem.operator(u_star, batch, k), batch)
-    v = g_u
-    g_norm = torch.linalg.vector_norm(g_u).clamp_min(torch.finfo(g_u.dtype).tiny)
-    for _ in range(config.implicit_maxiter):
-        (jtv,) = torch.autograd.grad(f, u_star, v, retain_graph=True)
-        v_next = g_u + jtv
-        done = torch.linalg.vector_norm(v_next - v) <= config.implicit_tol * g_norm
-        v = v_next
-        if bool(done):
-            break
-    g_through = torch.autograd.grad(f, params, v, allow_unused=True)
+    if not f.requires_grad:  # T depends neither on u nor on ω: the adjoint is ∂_uℓ itself
+        return loss.detach(), list(g_direct), 0.0
+
+    def apply(w: Tensor) -> Tensor:
+        (jtw,) = torch.autograd.grad(f, u_star, w, retain_graph=True, allow_unused=True)
+        return w if jtw is None else w - jtw
+
+    v, residual, _ = _bicgstab(apply, g_u, config.implicit_tol, config.implicit_maxiter)
+    g_through = torch.autograd.grad(f, params, v, allow_unused=True) if params else ()
     grads = [
         None if a is None and b is None else (a if b is None else b if a is None else a + b)
         for a, b in zip(g_direct, g_through)
     ]
-    return loss.detach(), grads
+    return loss.detach(), grads, residual
 
 
-def hypergradient(problem: Problem, batch, config: BMOConfig, *, u0: Tensor | None = None, outer_step: int = 0):
+def hypergradient(
+    problem: Problem, batch, config: BMOConfig, *, u0: Tensor | None = None, outer_step: int = 0
+) -> Hypergradient:
     """The loss ℓ(u^K(ω); ω) and its gradient w.r.t. the trainable parameters, by ``config.hypergrad``.
 
-    Returns ``(loss, u_K, grads)``; ``grads`` aligns with the problem's trainable
-    parameters (``None`` where ℓ does not depend on one).
+    ``grads`` aligns with the problem's trainable parameters.
     """
     params = _trainable(problem)
     K, R = config.K, config.restarts
@@ -338,13 +389,13 @@ def hypergradient(problem: Problem, batch, config: BMOConfig, *, u0: Tensor | No
         u = _run_block(problem, batch, u, config, range(1, K - taped + 1), mu=config.mu, full=True, watch=watch, offset=R * K)
     if config.hypergrad == "implicit":
         watch.check(outer_step)
-        loss, grads = _implicit_grads(problem, batch, config, u, params, K)
-        return loss, u, grads
+        loss, grads, residual = _implicit_grads(problem, batch, config, u, params, K)
+        return Hypergradient(loss, u, grads, residual)
     u = _run_block(problem, batch, u, config, range(K - taped + 1, K + 1), mu=config.mu, full=True, watch=watch, offset=R * K)
     watch.check(outer_step)
     loss = problem.upper_loss(u, batch)
     grads = list(torch.autograd.grad(loss, params, allow_unused=True)) if params and loss.requires_grad else [None] * len(params)
-    return loss.detach(), u.detach(), grads
+    return Hypergradient(loss.detach(), u.detach(), grads)
 
 
 def _make_optimizer(config: BMOConfig, params):
@@ -381,7 +432,7 @@ def train(
         u0 = problem.init(batch)
         if config.warm_start and u_prev is not None and u_prev.shape == u0.shape:
             u0 = u_prev
-        loss, u_K, grads = hypergradient(problem, batch, config, u0=u0, outer_step=step)
+        loss, u_K, grads, adjoint_residual = hypergradient(problem, batch, config, u0=u0, outer_step=step)
         if optimizer is not None:
             for p, g in zip(params, grads):
                 p.grad = g
@@ -392,6 +443,8 @@ def train(
                 raise DivergenceError(step, None, "omega")
         u_prev = u_K
         metrics = {"upper_loss": float(loss), "fp_residual": fp_residual(problem, u_K, batch, config.K + 1)}
+        if adjoint_residual is not None:
+            metrics["adjoint_residual"] = adjoint_residual  # > implicit_tol: the adjoint solve hit implicit_maxiter
         if not math.isfinite(metrics["upper_loss"]):
             raise DivergenceError(step, None, "upper_loss")
         if step == 1 or step % config.eval_every == 0 or step == config.outer_steps:

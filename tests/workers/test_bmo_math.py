@@ -88,7 +88,7 @@ def test_unroll_matches_finite_differences(mu):
     problem = SmoothContractive()
     config = BMOConfig(mu=mu, K=12, s0=0.8, s_power=0.5, hypergrad="unroll")
     batch = next(problem.batches("train"))
-    _, _, grads = hypergradient(problem, batch, config)
+    grads = hypergradient(problem, batch, config).grads
     d = _direction(problem)
     assert float(_flat(grads) @ d) == pytest.approx(_central_difference(problem, config, d), rel=1e-7, abs=1e-10)
 
@@ -97,12 +97,12 @@ def test_unroll_with_restarts_differentiates_only_the_last_block():
     problem = SmoothContractive()
     batch = next(problem.batches("train"))
     config = BMOConfig(mu=0.2, K=5, hypergrad="unroll", restarts=2)
-    _, _, grads = hypergradient(problem, batch, config)
+    grads = hypergradient(problem, batch, config).grads
     # The same as unrolling K steps from the iterate the two untaped blocks reach.
     with torch.no_grad():
         u = inner_solve(problem, batch, config).u
         u = inner_solve(problem, batch, config, u0=u).u
-    _, _, expected = hypergradient(problem, batch, BMOConfig(mu=0.2, K=5, hypergrad="unroll"), u0=u)
+    expected = hypergradient(problem, batch, BMOConfig(mu=0.2, K=5, hypergrad="unroll"), u0=u).grads
     assert torch.allclose(_flat(grads), _flat(expected), rtol=1e-12, atol=1e-14)
 
 
@@ -110,7 +110,7 @@ def test_implicit_matches_finite_differences_at_the_fixed_point():
     problem = SmoothContractive(rho=0.6)
     batch = next(problem.batches("train"))
     converged = BMOConfig(mu=0.0, K=200, hypergrad="implicit", implicit_tol=1e-12, implicit_maxiter=500)
-    _, _, grads = hypergradient(problem, batch, converged)
+    grads = hypergradient(problem, batch, converged).grads
     d = _direction(problem)
     # ρ^200 is far below float64 precision: the finite difference sees the fixed point itself.
     assert float(_flat(grads) @ d) == pytest.approx(_central_difference(problem, converged, d), rel=1e-6, abs=1e-9)
@@ -120,20 +120,20 @@ def test_truncated_error_from_the_fixed_point_shrinks_like_rho_to_the_truncation
     rho = 0.5
     problem = SmoothContractive(rho=rho)
     batch = next(problem.batches("train"))
-    _, _, implicit = hypergradient(
+    implicit = hypergradient(
         problem, batch, BMOConfig(mu=0.0, K=200, hypergrad="implicit", implicit_tol=1e-14, implicit_maxiter=1000)
-    )
+    ).grads
     reference = _flat(implicit)
     errors = {}
     for t in (1, 2, 4, 8, 12):
         # K - t untaped steps bring u to the fixed point (ρ^(K-t) ≈ 0), then t taped steps.
-        _, _, g = hypergradient(problem, batch, BMOConfig(mu=0.0, K=100, hypergrad="truncated", truncate=t))
+        g = hypergradient(problem, batch, BMOConfig(mu=0.0, K=100, hypergrad="truncated", truncate=t)).grads
         errors[t] = float(torch.linalg.vector_norm(_flat(g) - reference))
     for t in (2, 4, 8, 12):
         assert errors[t] <= errors[1] * rho ** (t - 1) * 1.01, errors
     assert errors[12] < 1e-4 * errors[1]
-    _, _, jfb = hypergradient(problem, batch, BMOConfig(mu=0.0, K=100, hypergrad="jfb"))
-    _, _, trunc1 = hypergradient(problem, batch, BMOConfig(mu=0.0, K=100, hypergrad="truncated", truncate=1))
+    jfb = hypergradient(problem, batch, BMOConfig(mu=0.0, K=100, hypergrad="jfb")).grads
+    trunc1 = hypergradient(problem, batch, BMOConfig(mu=0.0, K=100, hypergrad="truncated", truncate=1)).grads
     assert torch.equal(_flat(jfb), _flat(trunc1))
 
 
@@ -149,3 +149,21 @@ def test_step_size_schedule_is_s0_over_k_plus_one_to_the_p():
 
     config = BMOConfig(s0=2.0, s_power=0.5)
     assert step_size(config, 3) == pytest.approx(2.0 / math.sqrt(4.0))
+
+
+def test_implicit_adjoint_converges_quickly_when_T_contracts_slowly():
+    # ρ = 0.97: a plain fixed-point adjoint iteration would need about 750 steps for 1e-10.
+    problem = SmoothContractive(rho=0.97)
+    batch = next(problem.batches("train"))
+    config = BMOConfig(mu=0.0, K=3000, hypergrad="implicit", implicit_tol=1e-10, implicit_maxiter=60)
+    result = hypergradient(problem, batch, config)
+    assert result.adjoint_residual <= 1e-10
+    d = _direction(problem)
+    assert float(_flat(result.grads) @ d) == pytest.approx(_central_difference(problem, config, d), rel=1e-5, abs=1e-9)
+
+
+def test_implicit_on_a_problem_without_trainable_parameters():
+    problem = make_problem("sparse_coding", {"operator": "ista", "m": 8, "n": 16, "val_size": 4})
+    batch = next(problem.batches("val"))
+    result = hypergradient(problem, batch, BMOConfig(K=5, hypergrad="implicit"))
+    assert result.grads == [] and torch.isfinite(result.loss)

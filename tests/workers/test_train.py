@@ -80,3 +80,9 @@ def test_cuda_request_without_cuda_is_an_error():
         pytest.skip("CUDA is present")
     with pytest.raises(ValueError, match="cuda"):
         train(SmoothContractive(), BMOConfig(outer_steps=1, device="cuda"))
+
+
+def test_implicit_mode_reports_the_adjoint_residual():
+    problem = SmoothContractive()
+    trace = train(problem, BMOConfig(mu=0.0, K=30, outer_steps=2, hypergrad="implicit", device="cpu")).trace
+    assert all(0 <= m["adjoint_residual"] <= 1e-6 for m in trace)
