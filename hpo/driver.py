@@ -165,14 +165,13 @@ class StudySearch(OptunaSearch):
         self._progress.finished(ot_trial.number, state, values, note)
 
     def _record_attrs(self, ot_trial, trial_id: str, last: dict) -> None:
+        # Each attribute is one storage commit: record what a user needs, nothing Optuna already keeps.
         attrs = {
             "wall_time_s": round(time.monotonic() - self._started.get(trial_id, time.monotonic()), 3),
-            "train_seconds": last.get("seconds"),
             "device": last.get("device"),
             "node": last.get("node"),
             "final_step": last.get("outer_step"),
             "fp_residual": last.get("val_fp_residual"),
-            "upper_loss": last.get("upper_loss"),
         }
         attrs.update({k: v for k, v in last.items() if k.startswith("refined_")})
         for key, value in attrs.items():
@@ -358,6 +357,8 @@ def run_job(spec: JobSpec, *, address: str | None = None, resume: bool = False, 
 
 def _fit(spec: JobSpec, search: StudySearch, scheduler, num_samples: int) -> None:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the legacy reporter with verbose=0 prints nothing
+    # The Optuna storage keeps every result; Tune's per-trial JSON/CSV/TensorBoard files would only cost time.
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     from ray import tune
 
     from workers.trainable import trainable

@@ -97,7 +97,7 @@ class JobSpec:
     time_budget: float | None = None
     storage: str = DEFAULT_STORAGE
     results_dir: str = DEFAULT_RESULTS_DIR
-    report_interval: float = 0.5  # seconds between a trial's reports (the last step is always reported)
+    report_interval: float = 1.0  # seconds between a trial's reports (the last step is always reported)
 
     @property
     def multi_objective(self) -> bool:
@@ -305,7 +305,7 @@ def parse_spec(data: Any, *, source: str = "spec") -> JobSpec:
     results_dir = data.get("results_dir", DEFAULT_RESULTS_DIR)
     if not isinstance(results_dir, str) or not results_dir:
         raise _fail("results_dir", f"must be a path or URI, got {results_dir!r}")
-    report_interval = _number("report_interval", data.get("report_interval", 0.5), nonnegative=True)
+    report_interval = _number("report_interval", data.get("report_interval", 1.0), nonnegative=True)
     return JobSpec(
         report_interval=report_interval,
         study=study.strip(),
