@@ -151,7 +151,7 @@ class StudySearch(OptunaSearch):
             values = [float(last[k]) for k in self._keys]
         else:
             state = TrialState.PRUNED
-            note = "stopped by the scheduler" if trial_id in self._stopped else "stopped early (time budget or interrupt)"
+            note = "stopped by the scheduler" if trial_id in self._stopped else "stopped by the driver (time budget or interrupt)"
             ot_trial.set_user_attr("stopped_by", "scheduler" if trial_id in self._stopped else "driver")
         if state != TrialState.FAIL and not self._spec.multi_objective and last:
             # Tune may pass the last result to on_trial_complete only: record it as an intermediate value too.
@@ -163,6 +163,12 @@ class StudySearch(OptunaSearch):
             note = f"{note}; {e}" if note else str(e)
         self._completed_trials.add(trial_id)
         self._progress.finished(ot_trial.number, state, values, note)
+
+    def finish_open_trials(self) -> None:
+        """Close the trials Tune stopped without telling the searcher (time budget, Ctrl-C) as PRUNED."""
+        for trial_id in list(self._ot_trials):
+            if trial_id not in self._completed_trials:
+                self.on_trial_complete(trial_id, self._last.get(trial_id))
 
     def _record_attrs(self, ot_trial, trial_id: str, last: dict) -> None:
         # Each attribute is one storage commit: record what a user needs, nothing Optuna already keeps.
@@ -351,7 +357,10 @@ def run_job(spec: JobSpec, *, address: str | None = None, resume: bool = False, 
             reduction_factor=spec.scheduler.reduction_factor,
         )
     out(f"study {spec.study!r} in {spec.storage}: running {remaining} trials, {spec.concurrency} at a time")
-    _fit(spec, search, scheduler, remaining)
+    try:
+        _fit(spec, search, scheduler, remaining)
+    finally:
+        search.finish_open_trials()
     return summarize(spec, storage, result)
 
 

@@ -206,3 +206,29 @@ def test_two_jobs_write_two_studies_into_one_postgresql_database(tmp_path, ray_a
     finally:
         for p in procs:
             p.kill()
+
+
+def test_multi_objective_study_records_both_values(tmp_path, ray_address):
+    spec = load_spec(write_spec(
+        tmp_path, trials=3, sampler={"name": "nsga2", "seed": 0},
+        objective=[{"metric": "nmse_db", "mode": "min"}, {"metric": "fp_residual", "mode": "min"}],
+    ))
+    result = run_job(spec, out=lambda line: None)
+    trials = _study(spec).get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
+    for t in trials:
+        assert len(t.values) == 2 and t.values[1] == pytest.approx(t.user_attrs["fp_residual"])
+    assert result.best and all(len(b["values"]) == 2 for b in result.best)
+
+
+def test_time_budget_stops_the_job_and_leaves_nothing_running(tmp_path, ray_address):
+    spec = load_spec(write_spec(tmp_path, trials=20, time_budget=6, report_interval=0,
+                                fixed={"K": 8, "outer_steps": 3000, "eval_every": 100}))
+    start = time.monotonic()
+    run_job(spec, out=lambda line: None)
+    assert time.monotonic() - start < 60
+    trials = _study(spec).get_trials()
+    assert 1 <= len(trials) < 20
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    stopped = [t for t in trials if t.state == TrialState.PRUNED]
+    assert stopped and all(t.user_attrs["stopped_by"] == "driver" for t in stopped)
