@@ -260,12 +260,21 @@ def evaluate_solve(problem: Problem, batch, config: BMOConfig, *, K: int | None 
     K = config.eval_steps if K is None else K
     full = not problem.upper_loss_needs_truth
     per_layer = [] if trace else None
+    was_training = problem.training
+    problem.eval()  # e.g. spectral normalisation stops updating its power iteration
+    try:
+        return _evaluate_solve(problem, batch, config, K, full, per_layer)
+    finally:
+        problem.train(was_training)
+
+
+def _evaluate_solve(problem, batch, config, K, full, per_layer):
     with torch.no_grad():
         u = problem.init(batch)
         watch = _Watch(u)
         for k in range(1, K + 1):
             u = _run_block(problem, batch, u, config, range(k, k + 1), mu=config.eval_mu, full=full, watch=watch, offset=0)
-            if trace:
+            if per_layer is not None:
                 per_layer.append({**problem.metrics(u, batch), "fp_residual": fp_residual(problem, u, batch, k + 1)})
         watch.check(0)
     return u, per_layer

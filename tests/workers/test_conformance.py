@@ -11,11 +11,18 @@ from workers import BMOConfig, Problem, make_problem, train
 CASES = [
     ("sparse_coding", {"operator": op, "m": 16, "n": 32, "layers": 4, "batch_size": 8, "val_size": 12, "test_size": 10})
     for op in ("ista", "fista", "tied_coupled", "untied_coupled", "lista_tied", "lista_untied")
+] + [
+    ("deconvolution", {"operator": op, "kernel": kernel, "kernel_size": 9, "size": 32, "patch": 16, "batch_size": 2,
+                       "width": 4, "depth": 3})
+    for op in ("pnp_lipschitz", "pnp_free") for kernel in ("gaussian", "motion")
+] + [
+    ("derain", {"operator": op, "size": 32, "patch": 16, "batch_size": 2, "width": 4, "depth": 3})
+    for op in ("lipschitz", "free")
 ]
 
 
 def _ids(case):
-    return f"{case[0]}-{case[1].get('operator', '')}"
+    return "-".join([case[0], case[1].get("operator", ""), case[1].get("kernel", "")]).rstrip("-")
 
 
 @pytest.fixture(params=CASES, ids=_ids)

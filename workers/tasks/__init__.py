@@ -6,10 +6,14 @@ import importlib
 import inspect
 
 from workers.problem import Problem
+from workers.tasks.deconvolution import Deconvolution
+from workers.tasks.derain import Derain
 from workers.tasks.sparse_coding import SparseCoding
 
 TASKS: dict[str, type[Problem]] = {
     "sparse_coding": SparseCoding,
+    "deconvolution": Deconvolution,
+    "derain": Derain,
 }
 
 
@@ -70,4 +74,4 @@ def split_settings(settings: dict) -> tuple[dict, dict]:
     return config, task_args
 
 
-__all__ = ["TASKS", "SparseCoding", "make_problem", "resolve_task", "split_settings", "task_parameters"]
+__all__ = ["TASKS", "Deconvolution", "Derain", "SparseCoding", "make_problem", "resolve_task", "split_settings", "task_parameters"]

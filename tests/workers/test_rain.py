@@ -1,0 +1,142 @@
+"""Synthetic rain streaks and the directional de-raining filter (workers.operators.rain)."""
+
+import pytest
+import torch
+from skimage import data, transform
+
+from workers.operators.rain import IMAGE_SEED_STRIDE, add_rain, directional_derain, line_kernel, rain_layer, streak_angle
+
+LIGHT = dict(layers=1, density=0.004)  # light rain: one layer, about 12% of the pixels streaked
+
+
+def _camera(batch: int, dtype=torch.float32, device="cpu") -> torch.Tensor:
+    image = transform.resize(data.camera(), (128, 128), anti_aliasing=True)
+    return torch.tensor(image, dtype=dtype, device=device)[None, None].repeat(batch, 1, 1, 1)
+
+
+def _psnr(x: torch.Tensor, ref: torch.Tensor) -> float:
+    return float(-10 * torch.log10(((x - ref) ** 2).mean()))
+
+
+def test_same_seed_same_rain_different_seeds_differ():
+    a = rain_layer((48, 40), 7)
+    assert a.shape == (48, 40) and a.dtype == torch.float32
+    assert torch.equal(a, rain_layer((48, 40), 7))
+    assert not torch.equal(a, rain_layer((48, 40), 8))
+    assert a.min() >= 0 and a.max() <= 1 and a.max() > 0
+
+
+def test_add_rain_gives_each_image_its_own_layer():
+    zeros = torch.zeros(3, 1, 32, 32, dtype=torch.float64)
+    rainy, rain = add_rain(zeros, 5)
+    for i in range(3):  # image i gets rain_layer(shape, seed * IMAGE_SEED_STRIDE + i), whatever the batch size
+        assert torch.equal(rain[i, 0], rain_layer((32, 32), 5 * IMAGE_SEED_STRIDE + i, dtype=torch.float64))
+    assert not torch.equal(rain[0], rain[1]) and not torch.equal(rain[1], rain[2])
+    assert torch.equal(add_rain(zeros[:1], 5)[1], rain[:1])
+    assert torch.equal(add_rain(zeros, 5)[0], rainy)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_add_rain_keeps_shape_dtype_device_and_range(device, dtype):
+    clean = _camera(2, dtype, device)[..., :64, :64]
+    rainy, rain = add_rain(clean, 0, **LIGHT)
+    for t in (rainy, rain):
+        assert t.shape == clean.shape and t.dtype == dtype and t.device == clean.device
+    assert rainy.min() >= 0 and rainy.max() <= 1
+    assert torch.equal(rainy - clean, rain)  # the rain actually added, after clipping
+    assert rain.min() >= 0 and rain.max() > 0
+    out = directional_derain(rainy)
+    assert out.shape == clean.shape and out.dtype == dtype and out.device == clean.device
+    assert out.min() >= 0 and out.max() <= 1
+
+
+def test_more_density_or_intensity_gives_more_rain():
+    means = [float(rain_layer((64, 64), 3, density=d).mean()) for d in (0.001, 0.003, 0.01, 0.03)]
+    assert means == sorted(means) and means[0] < means[-1] / 10
+    means = [float(rain_layer((64, 64), 3, intensity=v).mean()) for v in (0.2, 0.5, 0.9)]
+    assert means == sorted(means) and means[0] < means[-1] / 2
+
+
+@pytest.mark.parametrize("density", [0.005, 0.5])  # sparse: kernel copies are scattered; dense: conv2d
+def test_streaks_are_the_seed_points_correlated_with_the_line_kernel(density):
+    from workers.operators.rain import _splat
+
+    kernel = line_kernel(15, -30, 1.2)
+    gen = torch.Generator().manual_seed(0)
+    seeds = (torch.rand(60, 50, generator=gen, dtype=torch.float64) < density) * torch.rand(60, 50, generator=gen, dtype=torch.float64)
+    reference = torch.nn.functional.conv2d(seeds[None, None], kernel[None, None])[0, 0]
+    assert torch.allclose(_splat(seeds, kernel), reference, rtol=0, atol=1e-12)
+
+
+def test_line_kernel_points_along_the_angle():
+    k = line_kernel(40, 20, 1.0)
+    r = torch.arange(k.shape[0], dtype=torch.float64) - k.shape[0] // 2
+    rows, cols = r[:, None], r[None, :]
+    # second moments: the major axis is (cos 20°, -sin 20°) in (row, col)
+    angle = torch.rad2deg(0.5 * torch.atan2(-2 * (k * rows * cols).sum(), (k * rows**2).sum() - (k * cols**2).sum()))
+    assert abs(float(angle) - 20) < 0.1 and float(k.max()) == 1.0
+
+
+@pytest.mark.parametrize("angle", [-40, -20, 0, 20, 45])
+def test_structure_tensor_recovers_the_streak_angle(angle):
+    layer = rain_layer((128, 128), 1, angle=angle, dtype=torch.float64)[None, None]
+    assert abs(float(streak_angle(layer)[0]) - angle) < 3
+    # ... and on rainy images, with the background present
+    rainy, _ = add_rain(_camera(2, torch.float64), 1, layers=1, density=0.006, angle=angle)
+    assert (streak_angle(rainy) - angle).abs().max() < 5
+
+
+def test_directional_filter_improves_psnr_on_light_rain():
+    clean = _camera(3)
+    rainy, _ = add_rain(clean, 0, **LIGHT)  # three images, three independent rain layers
+    rainy_psnr = sum(_psnr(rainy[i], clean[i]) for i in range(3)) / 3
+    out = directional_derain(rainy)
+    filtered_psnr = sum(_psnr(out[i], clean[i]) for i in range(3)) / 3
+    assert filtered_psnr >= rainy_psnr + 4.0, (rainy_psnr, filtered_psnr)
+    # with a known angle it works as well, and it never brightens a pixel
+    assert _psnr(directional_derain(rainy[:1], angle=float(streak_angle(rainy[:1]))), clean[:1]) > _psnr(rainy[0], clean[0]) + 4.0
+    assert (out <= rainy).all()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        (dict(density=0.0), "density=0.0"),
+        (dict(density=1.5), "density=1.5"),
+        (dict(density=(0.01, 0.002)), "density="),
+        (dict(length=-3), "length=-3"),
+        (dict(angle=(-100, 0)), "angle="),
+        (dict(width=0), "width=0"),
+        (dict(intensity=(0.5, 1.2)), "intensity="),
+        (dict(layers=0), "layers=0"),
+        (dict(dtype=torch.int64), "dtype="),
+    ],
+)
+def test_bad_rain_arguments_raise(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        rain_layer((16, 16), 0, **kwargs)
+
+
+def test_bad_arguments_raise():
+    with pytest.raises(ValueError, match="shape="):
+        rain_layer((16, 0), 0)
+    with pytest.raises(ValueError, match="seed=-1"):
+        rain_layer((16, 16), -1)
+    with pytest.raises(ValueError, match="seed=1.5"):
+        add_rain(torch.zeros(1, 1, 8, 8), 1.5)
+    with pytest.raises(ValueError, match="clean"):
+        add_rain(torch.zeros(8, 8), 0)
+    with pytest.raises(ValueError, match="clean"):
+        add_rain(torch.full((1, 1, 8, 8), 2.0), 0)
+    with pytest.raises(ValueError, match="density=2"):
+        add_rain(torch.zeros(1, 1, 8, 8), 0, density=2)
+    with pytest.raises(ValueError, match="shape="):
+        add_rain(torch.zeros(1, 1, 8, 8), 0, shape=(4, 4))
+    with pytest.raises(ValueError, match="rainy"):
+        directional_derain(torch.zeros(1, 3, 8, 8))
+    with pytest.raises(ValueError, match="angle=120"):
+        directional_derain(torch.zeros(1, 1, 8, 8), angle=120)
+    with pytest.raises(ValueError, match="size=4"):
+        directional_derain(torch.zeros(1, 1, 8, 8), size=4)
+    with pytest.raises(ValueError, match="image"):
+        streak_angle(torch.zeros(1, 1, 8, 8, dtype=torch.int64))

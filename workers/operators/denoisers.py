@@ -1,0 +1,109 @@
+"""Small CNN denoisers: a Lipschitz-constrained averaged one (nonexpansive) and an unconstrained residual one.
+
+``LipschitzDenoiser``: D(x) = (1 - β) x + β N(x), β ∈ (0, 1) learned, with
+N = conv ∘ ReLU ∘ … ∘ conv, every convolution circular and spectrally normalised
+(operator norm ≤ 1 by power iteration on the convolution itself, as in Miyato et
+al. 2018 / Gouk et al. 2021), so N and hence D are 1-Lipschitz: plugged into a
+forward-backward step with step ≤ 2/L it keeps T nonexpansive, as BMO's theory asks.
+
+``ResidualDenoiser``: D(x) = x - R(x), R the same CNN without any constraint
+(the DnCNN form); what an ENA baseline unrolls.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+POWER_GRID = 32  # the power iteration runs on a 32×32 circular grid
+
+
+def _conv(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    pad = weight.shape[-1] // 2
+    return F.conv2d(F.pad(x, (pad, pad, pad, pad), mode="circular"), weight, bias)
+
+
+def _conv_adjoint(y: Tensor, weight: Tensor) -> Tensor:
+    """Adjoint of the circular convolution ``_conv`` (without bias)."""
+    pad = weight.shape[-1] // 2
+    return F.conv2d(F.pad(y, (pad, pad, pad, pad), mode="circular"), weight.transpose(0, 1).flip(-1, -2))
+
+
+class SpectralConv(nn.Module):
+    """A circular 2-D convolution whose operator norm is kept ≤ 1 (bias free to learn)."""
+
+    def __init__(self, c_in: int, c_out: int, kernel: int, gen: torch.Generator, power_iterations: int = 1):
+        super().__init__()
+        scale = (2.0 / (c_in * kernel * kernel)) ** 0.5
+        self.weight = nn.Parameter(torch.randn(c_out, c_in, kernel, kernel, generator=gen) * scale)
+        self.bias = nn.Parameter(torch.zeros(c_out))
+        self.power_iterations = power_iterations
+        v = torch.randn(1, c_in, POWER_GRID, POWER_GRID, generator=gen)
+        self.register_buffer("v", v / torch.linalg.vector_norm(v))
+        self.calibrate(50)
+
+    @torch.no_grad()
+    def calibrate(self, iterations: int) -> None:
+        """Run power iterations so the stored singular vector is converged (after init or loading)."""
+        v = self.v
+        for _ in range(iterations):
+            v = _conv_adjoint(_conv(v, self.weight), self.weight)
+            v = v / torch.linalg.vector_norm(v).clamp_min(1e-12)
+        self.v = v  # a new tensor, not in place: earlier uses of v may still be on the autograd tape
+
+    def sigma(self) -> Tensor:
+        """The operator norm estimate ‖W v‖ (differentiable in W), updating v while training."""
+        if self.training:
+            self.calibrate(self.power_iterations)
+        return torch.linalg.vector_norm(_conv(self.v, self.weight))
+
+    def forward(self, x: Tensor) -> Tensor:
+        weight = self.weight / self.sigma().clamp_min(1.0)  # never amplify: norm ≤ 1
+        return _conv(x, weight, self.bias)
+
+
+class LipschitzDenoiser(nn.Module):
+    """D(x) = (1 - β) x + β N(x) with N a 1-Lipschitz CNN (depth convolutions, ``width`` channels)."""
+
+    def __init__(self, width: int = 24, depth: int = 5, kernel: int = 3, seed: int = 0, beta: float = 0.5):
+        super().__init__()
+        if depth < 2 or width < 1:
+            raise ValueError(f"denoiser: depth must be >= 2 and width >= 1, got depth={depth!r}, width={width!r}")
+        gen = torch.Generator().manual_seed(seed)
+        sizes = [1] + [width] * (depth - 1) + [1]
+        self.convs = nn.ModuleList(SpectralConv(a, b, kernel, gen) for a, b in zip(sizes, sizes[1:]))
+        self.beta_logit = nn.Parameter(torch.logit(torch.tensor(float(beta))))
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = x
+        for i, conv in enumerate(self.convs):
+            h = conv(h)
+            if i < len(self.convs) - 1:
+                h = F.relu(h)
+        beta = torch.sigmoid(self.beta_logit)
+        return (1 - beta) * x + beta * h
+
+
+class ResidualDenoiser(nn.Module):
+    """D(x) = x - R(x) with R an unconstrained CNN (zero-initialised last layer: D starts as identity)."""
+
+    def __init__(self, width: int = 24, depth: int = 5, kernel: int = 3, seed: int = 0):
+        super().__init__()
+        gen = torch.Generator().manual_seed(seed)
+        sizes = [1] + [width] * (depth - 1) + [1]
+        self.convs = nn.ModuleList(nn.Conv2d(a, b, kernel, padding=kernel // 2, padding_mode="circular") for a, b in zip(sizes, sizes[1:]))
+        with torch.no_grad():
+            for conv in self.convs[:-1]:
+                conv.weight.copy_(torch.randn(conv.weight.shape, generator=gen) * (2.0 / conv.weight[0].numel()) ** 0.5)
+                conv.bias.zero_()
+            self.convs[-1].weight.zero_()
+            self.convs[-1].bias.zero_()
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = x
+        for i, conv in enumerate(self.convs):
+            h = conv(h)
+            if i < len(self.convs) - 1:
+                h = F.relu(h)
+        return x - h

@@ -1,0 +1,165 @@
+"""Image deconvolution y = k * x + n with a learned plug-and-play forward-backward operator.
+
+T(u) = Proj_[0,1](D_ω(u - τ Aᵀ(Au - y))), τ = (2/L)·sigmoid(t) ∈ (0, 2/L) learned, D_ω a
+small CNN denoiser:
+
+- ``operator="pnp_lipschitz"``: D averaged with a spectrally normalised (1-Lipschitz) CNN,
+  so the gradient step (τ < 2/L), D and the clamp are all nonexpansive and so is T (BMO's
+  assumption);
+- ``operator="pnp_free"``: D = I - R with R an unconstrained CNN (what ENA unrolls).
+
+Data: scikit-image's grayscale images (``workers.data``): training on random patches with a
+fresh noise draw each step, validation on chelsea, test on camera / astronaut / coffee, all
+blurred with the same seeded kernel (Gaussian or motion) and noise of ``noise`` times the
+dynamic range. ℓ = ½‖u - x‖² per image; metrics ``psnr`` and ``ssim`` (scikit-image).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from workers.data import random_patches, split_images
+from workers.operators.blur import Blur, gaussian_kernel, motion_kernel
+from workers.operators.denoisers import LipschitzDenoiser, ResidualDenoiser
+from workers.problem import Problem
+
+OPERATORS = ("pnp_lipschitz", "pnp_free")
+KERNELS = ("gaussian", "motion")
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+@dataclass
+class ImageBatch:
+    """Observations ``y``, ground truth ``x`` (both (B, 1, H, W)) and the image names."""
+
+    y: Tensor
+    x: Tensor
+    names: tuple[str, ...] = ()
+
+
+def psnr(u: Tensor, x: Tensor) -> Tensor:
+    """Peak signal-to-noise ratio (dB) per image for data range 1."""
+    mse = ((u - x) ** 2).flatten(1).mean(1)
+    return 10 * torch.log10(1.0 / mse.clamp_min(1e-20))
+
+
+def ssim(u: Tensor, x: Tensor) -> list[float]:
+    """Structural similarity per image (scikit-image, data range 1)."""
+    from skimage.metrics import structural_similarity
+
+    a, b = u.detach().double().cpu().numpy(), x.detach().double().cpu().numpy()
+    return [float(structural_similarity(a[i, 0], b[i, 0], data_range=1.0)) for i in range(a.shape[0])]
+
+
+class Deconvolution(Problem):
+    """Non-blind deconvolution with a learned PnP forward-backward step."""
+
+    upper_loss_needs_truth = True
+
+    def __init__(
+        self,
+        kernel: str = "gaussian",
+        kernel_size: int = 25,
+        blur_sigma: float = 1.6,
+        noise: float = 0.01,
+        size: int = 128,
+        patch: int = 48,
+        batch_size: int = 8,
+        operator: str = "pnp_lipschitz",
+        width: int = 24,
+        depth: int = 5,
+        step: float = 1.0,
+        boundary: str = "circular",
+        seed: int = 0,
+        dtype: str = "float32",
+    ):
+        super().__init__()
+        if kernel not in KERNELS:
+            raise ValueError(f"deconvolution: kernel must be one of {', '.join(KERNELS)}, got kernel={kernel!r}")
+        if operator not in OPERATORS:
+            raise ValueError(f"deconvolution: operator must be one of {', '.join(OPERATORS)}, got operator={operator!r}")
+        if dtype not in DTYPES:
+            raise ValueError(f"deconvolution: dtype must be one of {', '.join(DTYPES)}, got dtype={dtype!r}")
+        if not (isinstance(noise, (int, float)) and 0 <= noise < 1):
+            raise ValueError(f"deconvolution: noise must be in [0, 1), got noise={noise!r}")
+        if not (isinstance(step, (int, float)) and 0 < step < 2):
+            raise ValueError(f"deconvolution: step (τ·L) must be in (0, 2), got step={step!r}")
+        for name, value in (("kernel_size", kernel_size), ("size", size), ("patch", patch), ("batch_size", batch_size)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"deconvolution: {name} must be a positive integer, got {name}={value!r}")
+        if patch > size:
+            raise ValueError(f"deconvolution: patch must be <= size, got patch={patch}, size={size}")
+        dt = DTYPES[dtype]
+        k = gaussian_kernel(kernel_size, blur_sigma) if kernel == "gaussian" else motion_kernel(kernel_size, seed=seed)
+        self.blur = Blur(k.to(dt), boundary=boundary)
+        self.noise, self.size, self.patch, self.batch_size, self.seed = float(noise), size, patch, batch_size, seed
+        self.operator_name = operator
+        self.nonexpansive = operator == "pnp_lipschitz"
+        self.L = float(self.blur.lipschitz())
+        self.step_logit = nn.Parameter(torch.tensor(math.log(step / (2 - step)), dtype=dt))
+        if operator == "pnp_lipschitz":
+            self.denoiser = LipschitzDenoiser(width=width, depth=depth, seed=seed).to(dt)
+        else:
+            self.denoiser = ResidualDenoiser(width=width, depth=depth, seed=seed).to(dt)
+        self._train_images = [im for _, im in split_images("train", size, dt)]
+        self._fixed = {split: self._observe_split(split, dt) for split in ("val", "test")}
+
+    # data -----------------------------------------------------------------------------
+
+    def _observe(self, x: Tensor, gen: torch.Generator) -> Tensor:
+        y = self.blur(x)
+        return y + self.noise * torch.randn(y.shape, generator=gen, dtype=y.dtype)
+
+    def _observe_split(self, split: str, dt) -> list[ImageBatch]:
+        gen = torch.Generator().manual_seed(self.seed * 1000 + (2 if split == "val" else 3))
+        return [ImageBatch(self._observe(x, gen), x, (name,)) for name, x in split_images(split, self.size, dt)]
+
+    def batches(self, split: str) -> Iterator[ImageBatch]:
+        device = self.device
+        if split == "train":
+            gen = torch.Generator().manual_seed(self.seed * 1000 + 1)
+            while True:
+                with torch.no_grad():
+                    x = random_patches(self._train_images, self.batch_size, self.patch, gen)
+                    y = self._observe(x, gen)
+                yield ImageBatch(y.to(device), x.to(device))
+        elif split in self._fixed:
+            for b in self._fixed[split]:
+                yield ImageBatch(b.y.to(device), b.x.to(device), b.names)
+        else:
+            raise ValueError(f"deconvolution: split must be train, val or test, got split={split!r}")
+
+    # the fixed-point problem ----------------------------------------------------------------
+
+    def step_size(self) -> Tensor:
+        """τ = (2/L)·sigmoid(t): always inside (0, 2/L), where the gradient step is averaged."""
+        return 2.0 / self.L * torch.sigmoid(self.step_logit)
+
+    def init(self, batch: ImageBatch) -> Tensor:
+        return batch.y.clamp(0.0, 1.0)
+
+    def operator(self, u: Tensor, batch: ImageBatch, k: int) -> Tensor:
+        z = u - self.step_size() * self.blur.adjoint(self.blur(u) - batch.y)
+        return self.project(self.denoiser(z), batch)
+
+    def project(self, u: Tensor, batch: ImageBatch) -> Tensor:
+        return u.clamp(0.0, 1.0)
+
+    def upper_loss(self, u: Tensor, batch: ImageBatch) -> Tensor:
+        return 0.5 * ((u - batch.x) ** 2).flatten(1).sum(1).mean()
+
+    def upper_grad(self, u: Tensor, batch: ImageBatch) -> Tensor:
+        return u - batch.x
+
+    def metrics(self, u: Tensor, batch: ImageBatch) -> dict[str, float]:
+        u = u.detach()
+        return {"psnr": float(psnr(u, batch.x).mean()), "ssim": sum(ssim(u, batch.x)) / u.shape[0]}
+
+    def learned_values(self) -> dict[str, float]:
+        """The refined step as τ·L (the ``step`` argument's scale)."""
+        return {"step": float(self.step_size().detach()) * self.L}

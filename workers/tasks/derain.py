@@ -1,0 +1,132 @@
+"""Rain streak removal O = B + R as a fixed point over the pair (background B, rain R).
+
+T(B, R) = (Proj(D_ω(O - R)), Proj(S_ω(O - B))): the background is the denoised rest once
+the rain is taken out, the rain the streak-filtered rest once the background is taken out.
+(B, R) ↦ (O - R, O - B) is an isometry, so with D and S 1-Lipschitz
+(``operator="lipschitz"``: spectrally normalised averaged CNNs) T is nonexpansive in the
+product norm; ``operator="free"`` uses unconstrained residual CNNs (the ENA form).
+
+Data: seeded synthetic rain (``workers.operators.rain``: oriented streak layers of varied
+density, length and angle) added to scikit-image's grayscale images, the splits of
+``workers.data``. ℓ = ½‖B - x‖² + ½‖R - r‖²; metrics ``psnr`` and ``ssim`` of B.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from workers.data import random_patches, split_images
+from workers.operators.denoisers import LipschitzDenoiser, ResidualDenoiser
+from workers.operators.rain import add_rain
+from workers.problem import Problem
+from workers.tasks.deconvolution import psnr, ssim
+
+OPERATORS = ("lipschitz", "free")
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+@dataclass
+class RainBatch:
+    """Rainy images ``y``, clean backgrounds ``x`` and rain layers ``rain`` ((B, 1, H, W) each)."""
+
+    y: Tensor
+    x: Tensor
+    rain: Tensor
+    names: tuple[str, ...] = ()
+
+
+class Derain(Problem):
+    """Separate background and rain with two learned 1-Lipschitz (or free) CNNs."""
+
+    def __init__(
+        self,
+        size: int = 128,
+        patch: int = 48,
+        batch_size: int = 8,
+        operator: str = "lipschitz",
+        width: int = 24,
+        depth: int = 5,
+        density: float = 0.006,
+        seed: int = 0,
+        dtype: str = "float32",
+    ):
+        super().__init__()
+        if operator not in OPERATORS:
+            raise ValueError(f"derain: operator must be one of {', '.join(OPERATORS)}, got operator={operator!r}")
+        if dtype not in DTYPES:
+            raise ValueError(f"derain: dtype must be one of {', '.join(DTYPES)}, got dtype={dtype!r}")
+        for name, value in (("size", size), ("patch", patch), ("batch_size", batch_size)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"derain: {name} must be a positive integer, got {name}={value!r}")
+        if patch > size:
+            raise ValueError(f"derain: patch must be <= size, got patch={patch}, size={size}")
+        dt = DTYPES[dtype]
+        self.size, self.patch, self.batch_size, self.seed = size, patch, batch_size, seed
+        self.density = density
+        self.operator_name = operator
+        self.nonexpansive = operator == "lipschitz"
+        make = (lambda s: LipschitzDenoiser(width=width, depth=depth, seed=s)) if operator == "lipschitz" else (
+            lambda s: ResidualDenoiser(width=width, depth=depth, seed=s))
+        self.background = make(seed).to(dt)
+        self.streaks = make(seed + 1).to(dt)
+        self._train_images = [im for _, im in split_images("train", size, dt)]
+        self._fixed = {split: self._rain_split(split, dt) for split in ("val", "test")}
+
+    # data ---------------------------------------------------------------------------------
+
+    def _rain(self, x: Tensor, seed: int) -> tuple[Tensor, Tensor]:
+        rainy, rain = add_rain(x, seed, density=(0.5 * self.density, 1.5 * self.density))
+        return rainy.to(x.dtype), rain.to(x.dtype)
+
+    def _rain_split(self, split: str, dt) -> list[RainBatch]:
+        out = []
+        for i, (name, x) in enumerate(split_images(split, self.size, dt)):
+            y, r = self._rain(x, self.seed * 1000 + (200 if split == "val" else 300) + i)
+            out.append(RainBatch(y, x, r, (name,)))
+        return out
+
+    def batches(self, split: str) -> Iterator[RainBatch]:
+        device = self.device
+        if split == "train":
+            gen = torch.Generator().manual_seed(self.seed * 1000 + 1)
+            draw = 0
+            while True:
+                x = random_patches(self._train_images, self.batch_size, self.patch, gen)
+                draw += 1
+                y, r = self._rain(x, self.seed * 1_000_000 + 10_000 + draw)
+                yield RainBatch(y.to(device), x.to(device), r.to(device))
+        elif split in self._fixed:
+            for b in self._fixed[split]:
+                yield RainBatch(b.y.to(device), b.x.to(device), b.rain.to(device), b.names)
+        else:
+            raise ValueError(f"derain: split must be train, val or test, got split={split!r}")
+
+    # the fixed-point problem ------------------------------------------------------------------
+
+    def init(self, batch: RainBatch) -> Tensor:
+        return torch.cat((batch.y, torch.zeros_like(batch.y)), dim=1)  # B = O, R = 0
+
+    def estimate(self, u: Tensor) -> Tensor:
+        return u[:, :1]
+
+    def operator(self, u: Tensor, batch: RainBatch, k: int) -> Tensor:
+        b, r = u[:, :1], u[:, 1:]
+        return torch.cat((self.background(batch.y - r), self.streaks(batch.y - b)), dim=1).clamp(0.0, 1.0)
+
+    def project(self, u: Tensor, batch: RainBatch) -> Tensor:
+        return u.clamp(0.0, 1.0)
+
+    def upper_loss(self, u: Tensor, batch: RainBatch) -> Tensor:
+        target = torch.cat((batch.x, batch.rain), dim=1)
+        return 0.5 * ((u - target) ** 2).flatten(1).sum(1).mean()
+
+    def upper_grad(self, u: Tensor, batch: RainBatch) -> Tensor:
+        return u - torch.cat((batch.x, batch.rain), dim=1)
+
+    def metrics(self, u: Tensor, batch: RainBatch) -> dict[str, float]:
+        b = self.estimate(u.detach())
+        return {"psnr": float(psnr(b, batch.x).mean()), "ssim": sum(ssim(b, batch.x)) / b.shape[0]}
