@@ -9,7 +9,7 @@ from hpo.spec import check_against_task, load_spec, parse_spec
 from tests.hpo.conftest import REPO, write_spec
 
 
-@pytest.mark.parametrize("name", ["quickstart.yaml", "sparse_coding.yaml"])
+@pytest.mark.parametrize("name", ["quickstart.yaml", "sparse_coding.yaml", "deconvolution.yaml", "derain.yaml"])
 def test_shipped_specs_are_valid(name):
     spec = load_spec(REPO / "search_spaces" / name)
     metrics = check_against_task(spec)

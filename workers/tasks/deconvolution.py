@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from workers.data import random_patches, split_images
-from workers.operators.blur import Blur, gaussian_kernel, motion_kernel
+from workers.operators.blur import Blur, gaussian_kernel, motion_kernel, wiener
 from workers.operators.denoisers import LipschitzDenoiser, ResidualDenoiser
 from workers.problem import Problem
 
@@ -141,7 +141,11 @@ class Deconvolution(Problem):
         return 2.0 / self.L * torch.sigmoid(self.step_logit)
 
     def init(self, batch: ImageBatch) -> Tensor:
-        return batch.y.clamp(0.0, 1.0)
+        """The Wiener estimate (regularization 100·noise², at least 1e-3), clamped: a cheap, good start
+        (the observation itself for the zero boundary, where Wiener has no closed form)."""
+        if self.blur.boundary != "circular":
+            return batch.y.clamp(0.0, 1.0)
+        return wiener(batch.y, self.blur, max(1e-3, 100.0 * self.noise**2)).clamp(0.0, 1.0)
 
     def operator(self, u: Tensor, batch: ImageBatch, k: int) -> Tensor:
         z = u - self.step_size() * self.blur.adjoint(self.blur(u) - batch.y)
