@@ -1,6 +1,7 @@
 """Small CNN denoisers: a Lipschitz-constrained averaged one (nonexpansive) and an unconstrained residual one.
 
-``LipschitzDenoiser``: D(x) = (1 - β) x + β N(x), β ∈ (0, 1) learned, with
+``LipschitzDenoiser``: D(x) = (1 - β) x + β N(x), β ∈ (0, 1) learned, N starting near the
+identity (on images in [0, 1]), with
 N = conv ∘ ReLU ∘ … ∘ conv, every convolution circular and spectrally normalised
 (operator norm ≤ 1 by power iteration on the convolution itself, as in Miyato et
 al. 2018 / Gouk et al. 2021), so N and hence D are 1-Lipschitz: plugged into a
@@ -31,12 +32,18 @@ def _conv_adjoint(y: Tensor, weight: Tensor) -> Tensor:
 
 
 class SpectralConv(nn.Module):
-    """A circular 2-D convolution whose operator norm is kept ≤ 1 (bias free to learn)."""
+    """A circular 2-D convolution whose operator norm is kept ≤ 1 (bias free to learn).
+
+    Initialised near a channel-0 pass-through (a centred delta from input channel 0 to output
+    channel 0, plus small random weights), so a stack of them starts close to the identity on
+    nonnegative images.
+    """
 
     def __init__(self, c_in: int, c_out: int, kernel: int, gen: torch.Generator, power_iterations: int = 1):
         super().__init__()
-        scale = (2.0 / (c_in * kernel * kernel)) ** 0.5
-        self.weight = nn.Parameter(torch.randn(c_out, c_in, kernel, kernel, generator=gen) * scale)
+        weight = 0.01 * torch.randn(c_out, c_in, kernel, kernel, generator=gen) / kernel
+        weight[0, 0, kernel // 2, kernel // 2] += 1.0
+        self.weight = nn.Parameter(weight)
         self.bias = nn.Parameter(torch.zeros(c_out))
         self.power_iterations = power_iterations
         v = torch.randn(1, c_in, POWER_GRID, POWER_GRID, generator=gen)

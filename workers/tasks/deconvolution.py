@@ -92,8 +92,10 @@ class Deconvolution(Problem):
         for name, value in (("kernel_size", kernel_size), ("size", size), ("patch", patch), ("batch_size", batch_size)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"deconvolution: {name} must be a positive integer, got {name}={value!r}")
-        if patch > size:
-            raise ValueError(f"deconvolution: patch must be <= size, got patch={patch}, size={size}")
+        if not kernel_size <= patch <= size:
+            raise ValueError(f"deconvolution: kernel_size <= patch <= size must hold, got {kernel_size=}, {patch=}, {size=}")
+        if kernel_size % 2 == 0:
+            raise ValueError(f"deconvolution: kernel_size must be odd, got kernel_size={kernel_size}")
         dt = DTYPES[dtype]
         k = gaussian_kernel(kernel_size, blur_sigma) if kernel == "gaussian" else motion_kernel(kernel_size, seed=seed)
         self.blur = Blur(k.to(dt), boundary=boundary)
