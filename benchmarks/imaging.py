@@ -1,0 +1,568 @@
+"""Imaging benchmark: BMO against classical and end-to-end (ENA) baselines on deconvolution and deraining.
+
+Measures, on the test split (camera, astronaut, coffee; one batch per image), PSNR (dB) and
+SSIM per image for:
+
+1. Deconvolution (Gaussian blur, kernel 25x25, sigma 1.6, circular boundary; image size 128;
+   noise 1% and 3% of the dynamic range), per noise level:
+
+   - ``blurred``: the observation y itself;
+   - ``wiener``: ``workers.operators.wiener``, its ``reg`` chosen on the validation split
+     (chelsea) from a log grid;
+   - ``tv``: ``workers.operators.tv_deconvolve`` (PDHG, 200 iterations), its ``lam`` tuned on
+     the validation split by Optuna (TPE, seed 0, lam log-uniform in [1e-4, 1e-1], objective
+     validation PSNR): TV with its weight tuned by Optuna, the UNH view;
+   - ``ena``: operator ``pnp_free`` (unconstrained residual CNN), mu=0, unrolled end to end;
+   - ``bmo``: operator ``pnp_lipschitz`` (1-Lipschitz averaged CNN), mu=0.1, unrolled;
+   - ``bmo_restart``: ``pnp_lipschitz``, mu=0.1, ``hypergrad="jfb"``, ``restarts=2``
+     (trained at equilibrium, "Restarted contractive operators to learn at equilibrium").
+
+   Wiener and TV outputs are clamped to [0, 1] (the learned solvers project onto it too).
+2. Deraining (synthetic streaks, size 128): ``rainy`` (the input), ``filter``
+   (``directional_derain``), ``ena`` (operator ``free``, mu=0) and ``bmo`` (``lipschitz``, mu=0.1).
+
+Learned methods: K=8 inner steps, Adam with gamma=2e-3, CNN width 16 and depth 4, batches
+of 8 patches of 40x40, trained for a wall-clock budget (``--minutes`` per method: 3 on CPU,
+10 on CUDA) and evaluated with the evaluation solve at K (``evaluate_solve``: T alone,
+eval_mu=0). "Untrained layers": for the learned methods, test PSNR and relative
+fixed-point residual after every layer k = 1..4K (``layer_metrics``), mean over the test
+images.
+
+Goals (recorded true/false with their numbers; means over the test images): BMO >= TV + 0.3 dB
+at 1% noise and >= TV + 0.6 dB at 3%; BMO ahead of every baseline (blurred/wiener/tv/ena,
+rainy/filter/ena); BMO's PSNR at 4K within 0.3 dB of its PSNR at K (|difference| <= 0.3);
+ENA's PSNR at 4K below its PSNR at K.
+
+Writes ``deconvolution.json`` and ``derain.json`` (keys ``machine``, ``config``, ``rows``,
+``layers``, ``goals``, plus ``methods`` with tuned values, steps and validation metrics, and
+``total_seconds``) and ``untrained_layers.png`` (ENA and BMO, deconvolution at 1% noise) to
+``--out-dir``, and prints the tables. In ``deconvolution.json`` ``layers`` and ``methods``
+are keyed by method, then by noise level ("0.01", "0.03"); in ``derain.json`` by method only.
+
+Run (about 40 minutes on 2 CPU cores with the defaults):
+
+    python benchmarks/imaging.py [--tasks deconvolution,derain] [--minutes M] [--size N] [--mu MU]
+                                 [--out-dir DIR] [--quick]
+
+``--quick`` is a smoke run (size 48, patches 24, 20 outer steps, 2 TV trials, 1% noise only;
+about a minute) whose numbers mean nothing; it writes to a temporary directory unless
+``--out-dir`` is given, so it never overwrites ``benchmarks/results``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from workers import BMOConfig, DivergenceError, evaluate, evaluate_solve, layer_metrics, make_problem, train
+from workers.operators import directional_derain, tv_deconvolve, wiener
+from workers.tasks.deconvolution import psnr, ssim
+
+K = 8
+GAMMA = 2e-3
+NOISES = (0.01, 0.03)
+TEST_IMAGES = ("camera", "astronaut", "coffee")
+BLUR = {"kernel": "gaussian", "kernel_size": 25, "blur_sigma": 1.6}
+WIENER_GRID = tuple(10.0 ** (e / 2) for e in range(-10, 1))  # 1e-5 .. 1, half decades
+TV_LAM = (1e-4, 1e-1)
+TV_ITERS = 200
+TV_TRIALS = 15
+STEP_CAP = 1_000_000  # outer_steps when training by time budget (the budget stops it first)
+MARGINS = {0.01: 0.3, 0.03: 0.6}  # dB BMO must lead TV by, per noise level
+STABLE_DB = 0.3  # |PSNR(4K) - PSNR(K)| allowed for BMO
+OUT_DIR = Path(__file__).resolve().parent / "results"
+
+# name: (operator, mu (None: --mu), hypergrad, restarts)
+DECONV_LEARNED = {
+    "ena": ("pnp_free", 0.0, "unroll", 0),
+    "bmo": ("pnp_lipschitz", None, "unroll", 0),
+    "bmo_restart": ("pnp_lipschitz", None, "jfb", 2),
+}
+DERAIN_LEARNED = {
+    "ena": ("free", 0.0, "unroll", 0),
+    "bmo": ("lipschitz", None, "unroll", 0),
+}
+DECONV_BASELINES = ("blurred", "wiener", "tv", "ena")
+DERAIN_BASELINES = ("rainy", "filter", "ena")
+
+
+class _StopTraining(Exception):
+    """Raised from ``train``'s report callback once the time budget is spent."""
+
+
+# training and evaluation ---------------------------------------------------------------------
+
+
+def train_config(args, mu: float, hypergrad: str, restarts: int) -> BMOConfig:
+    """The training configuration shared by every learned method (only mu and the hypergradient differ)."""
+    steps = args.steps if args.steps else STEP_CAP
+    return BMOConfig(mu=mu, K=K, s0=1.0, s_power=0.5, gamma=GAMMA, optimizer="adam", outer_steps=steps,
+                     hypergrad=hypergrad, restarts=restarts, eval_every=steps, eval_mu=0.0,
+                     device=args.device, seed=0)
+
+
+def train_for(problem, config: BMOConfig, budget_s: float) -> dict:
+    """Train in place until ``config.outer_steps`` or ``budget_s`` seconds, whichever comes first.
+
+    ``train`` updates the problem's parameters in place after every outer step, so stopping it
+    from the report callback leaves a trained problem. Returns the steps done and the seconds.
+    """
+    done = {"steps": 0, "seconds": 0.0, "stopped_by": "steps", "last_upper_loss": None}
+
+    def report(step: int, metrics: dict) -> None:
+        done.update(steps=step, seconds=metrics["seconds"], last_upper_loss=metrics["upper_loss"])
+        if metrics["seconds"] >= budget_s and step < config.outer_steps:
+            raise _StopTraining
+
+    try:
+        result = train(problem, config, report=report)
+        done["seconds"] = result.seconds
+    except _StopTraining:
+        done["stopped_by"] = "time"
+    return done
+
+
+def score_images(problem, solve) -> list[dict]:
+    """PSNR and SSIM per test image of ``solve(batch) -> image estimate`` (B, 1, H, W)."""
+    out = []
+    with torch.no_grad():
+        for batch in problem.batches("test"):
+            est = solve(batch)
+            values = psnr(est, batch.x).tolist()
+            structural = ssim(est, batch.x)
+            for name, p, s in zip(batch.names, values, structural):
+                out.append({"image": name, "psnr": float(p), "ssim": float(s)})
+    return out
+
+
+def val_psnr(problem, solve) -> float:
+    """Mean validation PSNR of ``solve(batch) -> image estimate``."""
+    values = []
+    with torch.no_grad():
+        for batch in problem.batches("val"):
+            values.extend(psnr(solve(batch), batch.x).tolist())
+    return sum(values) / len(values)
+
+
+def learned_method(task: str, task_args: dict, spec: tuple, args) -> dict:
+    """Train one learned method on ``task`` and evaluate it: per-image scores and per-layer curves."""
+    operator, mu, hypergrad, restarts = spec
+    mu = args.mu if mu is None else mu
+    config = train_config(args, mu, hypergrad, restarts)
+    problem = make_problem(task, {**task_args, "operator": operator})
+    info = {"operator": operator, "mu": mu, "hypergrad": hypergrad, "restarts": restarts, "device": str(args.device)}
+    try:
+        info.update(train_for(problem, config, args.minutes * 60.0))
+        info["scores"] = score_images(problem, lambda b: problem.estimate(evaluate_solve(problem, b, config, K=K)[0]))
+        per_layer = layer_metrics(problem, config, "test", K=4 * K)
+        info["val"] = evaluate(problem, config, "val", K=K)
+    except DivergenceError as e:
+        info["error"] = str(e)
+        return info
+    info["learned_values"] = problem.learned_values()
+    info["layers"] = {name: [layer[name] for layer in per_layer] for name in ("psnr", "ssim", "fp_residual")}
+    return info
+
+
+def tune_wiener(problem) -> dict:
+    """Wiener's reg from WIENER_GRID by validation PSNR."""
+    blur = problem.blur
+    val = {reg: val_psnr(problem, lambda b: wiener(b.y, blur, reg).clamp(0, 1)) for reg in WIENER_GRID}
+    best = max(val, key=val.get)
+    return {"reg": best, "val_psnr": val[best], "on_grid_edge": best in (WIENER_GRID[0], WIENER_GRID[-1]),
+            "val_psnr_by_reg": {f"{k:.3g}": v for k, v in val.items()}}
+
+
+def tune_tv(problem, trials: int) -> dict:
+    """TV's lam by Optuna (in-memory study, TPE seed 0), objective validation PSNR."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    blur = problem.blur
+
+    def objective(trial) -> float:
+        lam = trial.suggest_float("lam", *TV_LAM, log=True)
+        return val_psnr(problem, lambda b: tv_deconvolve(b.y, blur, lam, iters=TV_ITERS).clamp(0, 1))
+
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=0))
+    start = time.perf_counter()
+    study.optimize(objective, n_trials=trials)
+    return {"lam": study.best_params["lam"], "val_psnr": study.best_value, "trials": trials,
+            "tune_seconds": time.perf_counter() - start,
+            "val_psnr_by_lam": {f"{t.params['lam']:.4g}": t.value for t in study.trials}}
+
+
+# the two tasks -----------------------------------------------------------------------------------
+
+
+def deconv_patch(args) -> int:
+    """Training patch for deconvolution: the circular blur needs patches at least as large as the kernel."""
+    return min(args.size, max(args.patch, BLUR["kernel_size"]))
+
+
+def run_deconvolution(args) -> dict:
+    if deconv_patch(args) != args.patch:
+        log(f"deconvolution: patch {args.patch} is smaller than the {BLUR['kernel_size']}x{BLUR['kernel_size']} kernel; "
+            f"training on {deconv_patch(args)}x{deconv_patch(args)} patches")
+    methods: dict[str, dict[str, dict]] = {}
+    for noise in args.noises:
+        key = str(noise)
+        task_args = {**BLUR, "noise": noise, "size": args.size, "patch": deconv_patch(args), "batch_size": args.batch_size,
+                     "width": args.width, "depth": args.depth}
+        base = make_problem("deconvolution", task_args).to(args.device)
+        blur = base.blur
+        found = {"blurred": {"scores": score_images(base, lambda b: b.y), "train_seconds": 0.0}}
+        tuned = tune_wiener(base)
+        found["wiener"] = {**tuned, "train_seconds": 0.0,
+                           "scores": score_images(base, lambda b: wiener(b.y, blur, tuned["reg"]).clamp(0, 1))}
+        start = time.perf_counter()
+        tuned_tv = tune_tv(base, args.tv_trials)
+        found["tv"] = {**tuned_tv, "train_seconds": 0.0,
+                       "scores": score_images(base, lambda b: tv_deconvolve(b.y, blur, tuned_tv["lam"], iters=TV_ITERS).clamp(0, 1))}
+        log(f"deconvolution noise={noise}: wiener reg={tuned['reg']:.3g}, tv lam={tuned_tv['lam']:.4g} "
+            f"({time.perf_counter() - start:.1f} s)")
+        for name, spec in DECONV_LEARNED.items():
+            found[name] = learned_method("deconvolution", task_args, spec, args)
+            log(f"deconvolution noise={noise}: trained {name}: {describe_training(found[name])}")
+        for name, m in found.items():
+            methods.setdefault(name, {})[key] = m
+    rows = [{"method": name, "image": s["image"], "noise": float(noise), "psnr": s["psnr"], "ssim": s["ssim"],
+             "train_seconds": m.get("train_seconds", m.get("seconds", 0.0)), "device": str(args.device)}
+            for name, by_noise in methods.items() for noise, m in by_noise.items() for s in m.get("scores", [])]
+    layers = {name: {noise: m["layers"] for noise, m in by_noise.items() if "layers" in m}
+              for name, by_noise in methods.items() if any("layers" in m for m in by_noise.values())}
+    goals = deconvolution_goals(methods, args.noises)
+    return {"rows": rows, "layers": layers, "goals": goals, "methods": strip(methods, nested=True)}
+
+
+def run_derain(args) -> dict:
+    task_args = {"size": args.size, "patch": args.patch, "batch_size": args.batch_size, "width": args.width,
+                 "depth": args.depth}
+    base = make_problem("derain", task_args).to(args.device)
+    methods = {"rainy": {"scores": score_images(base, lambda b: b.y), "train_seconds": 0.0},
+               "filter": {"scores": score_images(base, lambda b: directional_derain(b.y)), "train_seconds": 0.0,
+                          "val_psnr": val_psnr(base, lambda b: directional_derain(b.y))}}
+    for name, spec in DERAIN_LEARNED.items():
+        methods[name] = learned_method("derain", task_args, spec, args)
+        log(f"derain: trained {name}: {describe_training(methods[name])}")
+    rows = [{"method": name, "image": s["image"], "psnr": s["psnr"], "ssim": s["ssim"],
+             "train_seconds": m.get("seconds", 0.0) if "steps" in m else 0.0, "device": str(args.device)}
+            for name, m in methods.items() for s in m.get("scores", [])]
+    layers = {name: m["layers"] for name, m in methods.items() if "layers" in m}
+    goals = derain_goals(methods)
+    return {"rows": rows, "layers": layers, "goals": goals, "methods": strip(methods, nested=False)}
+
+
+def strip(methods: dict, nested: bool) -> dict:
+    """The per-method summary kept in the JSON: everything but the scores and curves (in rows and layers)."""
+    drop = lambda m: {k: v for k, v in m.items() if k not in ("scores", "layers")}  # noqa: E731
+    if nested:
+        return {name: {noise: drop(m) for noise, m in by_noise.items()} for name, by_noise in methods.items()}
+    return {name: drop(m) for name, m in methods.items()}
+
+
+def describe_training(m: dict) -> str:
+    if "error" in m:
+        return f"ERROR {m['error']}"
+    return f"{m['steps']} steps, {m['seconds']:.1f} s ({m['stopped_by']}), val psnr {m['val']['psnr']:.2f}"
+
+
+# goals ---------------------------------------------------------------------------------------------
+
+
+def mean_psnr(m: dict | None) -> float | None:
+    scores = (m or {}).get("scores")
+    return sum(s["psnr"] for s in scores) / len(scores) if scores else None
+
+
+def layer_psnr(m: dict | None, k: int) -> float | None:
+    layers = (m or {}).get("layers")
+    return layers["psnr"][k - 1] if layers else None
+
+
+def ok(*xs) -> bool:
+    return all(x is not None and math.isfinite(x) for x in xs)
+
+
+def ahead_of(bmo: float | None, baselines: dict[str, float | None]) -> dict:
+    passed = ok(bmo, *baselines.values()) and all(bmo > v for v in baselines.values())
+    return {"bmo": bmo, "baselines": baselines, "passed": passed}
+
+
+def past_K(m: dict | None) -> dict:
+    return {"psnr_K": layer_psnr(m, K), "psnr_4K": layer_psnr(m, 4 * K)}
+
+
+def stable(m: dict | None) -> dict:
+    d = past_K(m)
+    d["delta_db"] = d["psnr_4K"] - d["psnr_K"] if ok(*d.values()) else None
+    d["passed"] = d["delta_db"] is not None and abs(d["delta_db"]) <= STABLE_DB
+    return d
+
+
+def degrades(m: dict | None) -> dict:
+    d = past_K(m)
+    d["delta_db"] = d["psnr_4K"] - d["psnr_K"] if ok(*d.values()) else None
+    d["passed"] = d["delta_db"] is not None and d["delta_db"] < 0
+    return d
+
+
+def all_passed(d: dict) -> bool:
+    return all(v["passed"] for v in d.values())
+
+
+def deconvolution_goals(methods: dict, noises: tuple[float, ...]) -> dict:
+    at = lambda name, noise: methods.get(name, {}).get(str(noise))  # noqa: E731
+    tv_margin, ahead, stab, deg = {}, {}, {}, {}
+    for noise in noises:
+        key = str(noise)
+        bmo, tv = mean_psnr(at("bmo", noise)), mean_psnr(at("tv", noise))
+        margin = MARGINS.get(noise)
+        gain = bmo - tv if ok(bmo, tv) else None
+        tv_margin[key] = {"bmo": bmo, "tv": tv, "gain_db": gain, "required_db": margin,
+                          "passed": gain is not None and margin is not None and gain >= margin}
+        ahead[key] = ahead_of(bmo, {name: mean_psnr(at(name, noise)) for name in DECONV_BASELINES})
+        stab[key] = stable(at("bmo", noise))
+        deg[key] = degrades(at("ena", noise))
+    return {
+        "bmo_beats_tv_by_margin": {"statement": "mean test PSNR: BMO >= TV + 0.3 dB at 1% noise and >= TV + 0.6 dB at 3%",
+                                   "by_noise": tv_margin, "passed": all_passed(tv_margin)},
+        "bmo_ahead_of_every_baseline": {"statement": f"mean test PSNR: BMO > each of {', '.join(DECONV_BASELINES)}",
+                                        "by_noise": ahead, "passed": all_passed(ahead)},
+        "bmo_stable_past_K": {"statement": f"BMO: |PSNR(4K) - PSNR(K)| <= {STABLE_DB} dB (K={K}, mean over test images)",
+                              "by_noise": stab, "passed": all_passed(stab)},
+        "ena_degrades_past_K": {"statement": f"ENA: PSNR(4K) < PSNR(K) (K={K}, mean over test images)",
+                                "by_noise": deg, "passed": all_passed(deg)},
+    }
+
+
+def derain_goals(methods: dict) -> dict:
+    ahead = ahead_of(mean_psnr(methods.get("bmo")), {name: mean_psnr(methods.get(name)) for name in DERAIN_BASELINES})
+    stab, deg = stable(methods.get("bmo")), degrades(methods.get("ena"))
+    return {
+        "bmo_ahead_of_every_baseline": {"statement": f"mean test PSNR: BMO > each of {', '.join(DERAIN_BASELINES)}", **ahead},
+        "bmo_stable_past_K": {"statement": f"BMO: |PSNR(4K) - PSNR(K)| <= {STABLE_DB} dB (K={K}, mean over test images)", **stab},
+        "ena_degrades_past_K": {"statement": f"ENA: PSNR(4K) < PSNR(K) (K={K}, mean over test images)", **deg},
+    }
+
+
+# output ------------------------------------------------------------------------------------------
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def fmt(x, spec=".2f") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def cell(p: float | None, s: float | None) -> str:
+    return "-" if p is None else f"{p:.2f}/{s:.3f}"
+
+
+def print_table(title: str, rows: list[dict], noises: list[float | None]) -> None:
+    """Rows = methods, columns = image (x noise level) plus a mean column per noise level; PSNR/SSIM."""
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    images = list(dict.fromkeys(r["image"] for r in rows))
+    cols = [(noise, image) for noise in noises for image in (*images, "mean")]
+    width = 14
+    print(f"\n{title} (test PSNR dB / SSIM)")
+    if any(n is not None for n in noises):
+        print(f"{'':<13}" + "".join(f"{'noise ' + format(n, '.0%'):>{width}}" if image == images[0] else " " * width
+                                    for n, image in cols))
+    print(f"{'method':<13}" + "".join(f"{image:>{width}}" for _, image in cols) + f"  {'train s'}")
+    for method in methods:
+        cells, seconds = [], {}
+        for noise, image in cols:
+            mine = [r for r in rows if r["method"] == method and r.get("noise") == noise]
+            if mine:
+                seconds[noise] = mine[0]["train_seconds"]
+            chosen = mine if image == "mean" else [r for r in mine if r["image"] == image]
+            if chosen:
+                cells.append(cell(sum(r["psnr"] for r in chosen) / len(chosen), sum(r["ssim"] for r in chosen) / len(chosen)))
+            else:
+                cells.append("-")
+        print(f"{method:<13}" + "".join(f"{c:>{width}}" for c in cells) + "  " + "/".join(f"{v:.0f}" for v in seconds.values()))
+
+
+def print_layers(title: str, curves: dict[str, dict]) -> None:
+    """Test PSNR and residual at k = K/2, K, 2K, 4K for each learned method."""
+    ks = (K // 2, K, 2 * K, 4 * K)
+    print(f"\n{title}: untrained layers (mean test PSNR dB at k; fixed-point residual at K and 4K)")
+    print(f"{'method':<24}" + "".join(f"{'k=' + str(k):>8}" for k in ks) + f"{'res K':>10}{'res 4K':>10}")
+    for name, c in curves.items():
+        print(f"{name:<24}" + "".join(f"{c['psnr'][k - 1]:>8.2f}" for k in ks)
+              + f"{c['fp_residual'][K - 1]:>10.2e}{c['fp_residual'][4 * K - 1]:>10.2e}")
+
+
+def status(passed: bool) -> str:
+    return "PASS" if passed else "FAIL"
+
+
+def print_deconvolution_goals(goals: dict) -> None:
+    print("\nDeconvolution goals")
+    g = goals["bmo_beats_tv_by_margin"]
+    parts = "; ".join(f"{float(n):.0%}: BMO {fmt(v['bmo'])} vs TV {fmt(v['tv'])} (gain {fmt(v['gain_db'], '+.2f')}, "
+                      f"need {fmt(v['required_db'], '+.1f')})" for n, v in g["by_noise"].items())
+    print(f"{status(g['passed'])}  BMO >= TV + margin: {parts}")
+    g = goals["bmo_ahead_of_every_baseline"]
+    for n, v in g["by_noise"].items():
+        others = ", ".join(f"{k} {fmt(x)}" for k, x in v["baselines"].items())
+        print(f"{status(v['passed'])}  {float(n):.0%}: BMO {fmt(v['bmo'])} ahead of {others}")
+    for key, label in (("bmo_stable_past_K", f"BMO within {STABLE_DB} dB at 4K"), ("ena_degrades_past_K", "ENA below at 4K")):
+        for n, v in goals[key]["by_noise"].items():
+            print(f"{status(v['passed'])}  {float(n):.0%}: {label}: PSNR K={fmt(v['psnr_K'])} 4K={fmt(v['psnr_4K'])} "
+                  f"(delta {fmt(v['delta_db'], '+.2f')})")
+
+
+def print_derain_goals(goals: dict) -> None:
+    print("\nDerain goals")
+    v = goals["bmo_ahead_of_every_baseline"]
+    others = ", ".join(f"{k} {fmt(x)}" for k, x in v["baselines"].items())
+    print(f"{status(v['passed'])}  BMO {fmt(v['bmo'])} ahead of {others}")
+    for key, label in (("bmo_stable_past_K", f"BMO within {STABLE_DB} dB at 4K"), ("ena_degrades_past_K", "ENA below at 4K")):
+        v = goals[key]
+        print(f"{status(v['passed'])}  {label}: PSNR K={fmt(v['psnr_K'])} 4K={fmt(v['psnr_4K'])} (delta {fmt(v['delta_db'], '+.2f')})")
+
+
+def draw_layers(curves: dict[str, dict], path: Path, noise: float, mu: float) -> None:
+    """Two panels, PSNR and residual against k, for ENA and BMO; a vertical line at K."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5), dpi=100)
+    styles = {"ena": ("ENA (pnp_free, mu=0)", "tab:red"), "bmo": (f"BMO (pnp_lipschitz, mu={mu:g})", "tab:blue")}
+    for name, (label, color) in styles.items():
+        if name not in curves:
+            continue
+        ks = range(1, len(curves[name]["psnr"]) + 1)
+        left.plot(ks, curves[name]["psnr"], color=color, label=label, lw=1.6)
+        right.semilogy(ks, curves[name]["fp_residual"], color=color, label=label, lw=1.6)
+    for ax, ylabel in ((left, "test PSNR (dB)"), (right, "fixed-point residual")):
+        ax.axvline(K, color="0.4", ls="--", lw=1)
+        ax.set_xlabel("layer k")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3, which="both")
+    left.legend(frameon=False, fontsize=9)
+    left.text(K, left.get_ylim()[0], " K (trained)", color="0.4", fontsize=8, va="bottom")
+    fig.suptitle(f"Untrained layers: deconvolution, {noise:.0%} noise, mean over test images", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def machine_info(device: str) -> dict:
+    import optuna
+
+    info = {"platform": platform.platform(), "python": platform.python_version(), "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "optuna": optuna.__version__,
+            "device": device}
+    if device == "cuda":
+        info["cuda_device"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def run_config(args, task: str) -> dict:
+    learned = DECONV_LEARNED if task == "deconvolution" else DERAIN_LEARNED
+    config = {
+        "quick": args.quick, "size": args.size, "patch": args.patch, "batch_size": args.batch_size,
+        "width": args.width, "depth": args.depth, "K": K, "layers_K": 4 * K, "minutes_per_method": args.minutes,
+        "outer_steps_cap": args.steps or STEP_CAP, "device": args.device, "test_images": list(TEST_IMAGES),
+        "evaluation": "evaluate_solve at K (T alone, eval_mu=0); per-layer curves by layer_metrics to 4K",
+        "learned": {name: {"operator": op, "mu": args.mu if mu is None else mu, "hypergrad": hg, "restarts": r,
+                           "train": dataclasses.asdict(train_config(args, args.mu if mu is None else mu, hg, r))}
+                    for name, (op, mu, hg, r) in learned.items()},
+    }
+    if task == "deconvolution":
+        config.update({"patch": deconv_patch(args), "noises": list(args.noises), "blur": BLUR, "boundary": "circular",
+                       "wiener": {"reg_grid": list(WIENER_GRID), "tuned_on": "val", "output": "clamped to [0, 1]"},
+                       "tv": {"lam_range": list(TV_LAM), "log": True, "trials": args.tv_trials, "iters": TV_ITERS,
+                              "sampler": "TPESampler(seed=0)", "objective": "val PSNR", "output": "clamped to [0, 1]"},
+                       "blurred": "the observation y, unclamped", "margins_db": {str(k): v for k, v in MARGINS.items()}})
+    else:
+        config.update({"filter": "directional_derain(y) (angle from the structure tensor, size 7)",
+                       "rainy": "the input y"})
+    return config
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tasks", default="deconvolution,derain", help="comma-separated: deconvolution, derain")
+    parser.add_argument("--minutes", type=float, default=None, help="training minutes per learned method (default 3 on CPU, 10 on CUDA)")
+    parser.add_argument("--size", type=int, default=None, help="image size (default 128; 48 with --quick)")
+    parser.add_argument("--mu", type=float, default=0.1, help="BMO's mu (default 0.1)")
+    parser.add_argument("--patch", type=int, default=None, help="training patch size (default 40; 24 with --quick)")
+    parser.add_argument("--batch-size", type=int, default=8, help="training patches per step (default 8)")
+    parser.add_argument("--width", type=int, default=16, help="CNN channels (default 16)")
+    parser.add_argument("--depth", type=int, default=4, help="CNN convolutions (default 4)")
+    parser.add_argument("--tv-trials", type=int, default=None, help=f"Optuna trials for TV's lam (default {TV_TRIALS}; 2 with --quick)")
+    parser.add_argument("--out-dir", type=Path, default=None,
+                        help=f"where the JSON and PNG go (default {OUT_DIR}; a temporary directory with --quick)")
+    parser.add_argument("--quick", action="store_true", help="smoke run with tiny settings (numbers meaningless)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    bad = [t for t in tasks if t not in ("deconvolution", "derain")]
+    if bad or not tasks:
+        parser.error(f"--tasks: unknown task {bad[0] if bad else '(none)'!r}; choose from deconvolution, derain")
+    cuda = torch.cuda.is_available()
+    args.device = "cuda" if cuda else "cpu"
+    if args.minutes is None:
+        args.minutes = 10.0 if cuda else 3.0
+    args.size = args.size or (48 if args.quick else 128)
+    args.patch = args.patch or (24 if args.quick else 40)
+    args.patch = min(args.patch, args.size)
+    args.tv_trials = args.tv_trials or (2 if args.quick else TV_TRIALS)
+    args.steps = 20 if args.quick else None  # None: by time budget
+    args.noises = (0.01,) if args.quick else NOISES
+    if args.out_dir is None:
+        args.out_dir = Path(tempfile.gettempdir()) / "imaging_quick" if args.quick else OUT_DIR
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    machine = machine_info(args.device)
+
+    outputs = {}
+    for task in tasks:
+        start = time.perf_counter()
+        found = run_deconvolution(args) if task == "deconvolution" else run_derain(args)
+        result = {"machine": machine, "config": run_config(args, task), "rows": found["rows"], "layers": found["layers"],
+                  "goals": found["goals"], "methods": found["methods"], "total_seconds": time.perf_counter() - start}
+        path = args.out_dir / f"{task}.json"
+        path.write_text(json.dumps(result, indent=2) + "\n")
+        outputs[task] = (result, path)
+        if task == "deconvolution" and 0.01 in args.noises:
+            curves = {name: by_noise["0.01"] for name, by_noise in found["layers"].items() if "0.01" in by_noise}
+            if curves:
+                draw_layers(curves, args.out_dir / "untrained_layers.png", 0.01, args.mu)
+
+    for task, (result, path) in outputs.items():
+        if task == "deconvolution":
+            print_table("Deconvolution, Gaussian blur 25x25 sigma 1.6", result["rows"], list(args.noises))
+            for noise in args.noises:
+                curves = {name: by_noise[str(noise)] for name, by_noise in result["layers"].items() if str(noise) in by_noise}
+                print_layers(f"Deconvolution {noise:.0%} noise", curves)
+            print_deconvolution_goals(result["goals"])
+        else:
+            print_table("Derain", result["rows"], [None])
+            print_layers("Derain", result["layers"])
+            print_derain_goals(result["goals"])
+        print(f"{task}: {result['total_seconds']:.0f} s; wrote {path}")
+    if "deconvolution" in outputs and (args.out_dir / "untrained_layers.png").exists():
+        print(f"figure: {args.out_dir / 'untrained_layers.png'}")
+
+
+if __name__ == "__main__":
+    main()
