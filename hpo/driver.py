@@ -15,9 +15,11 @@ What this adds to plain Tune + OptunaSearch (see DESIGN.md, "Facts"):
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import os
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,7 +33,7 @@ from ray.tune.search.optuna import OptunaSearch
 from hpo.errors import ClusterError, StorageError
 from hpo.space import define_by_run, make_sampler
 from hpo.spec import JobSpec, check_against_task
-from hpo.storage import check_storage, find_study, open_storage
+from hpo.storage import check_storage, find_study, open_artifact_store, open_storage
 
 INTERRUPTED = "interrupted: the driver stopped before the trial finished"
 SPEC_ATTR = "bmo_hpo_spec"
@@ -101,6 +103,7 @@ class StudySearch(OptunaSearch):
         self._keys = [o.reported for o in spec.objectives]
         self._last: dict[str, dict] = {}
         self._reported: dict[str, set[int]] = {}
+        self._artifact_store = None
         self._started: dict[str, float] = {}
 
     def suggest(self, trial_id: str):
@@ -157,6 +160,7 @@ class StudySearch(OptunaSearch):
             # Tune may pass the last result to on_trial_complete only: record it as an intermediate value too.
             self._report(trial_id, last)
         self._record_attrs(ot_trial, trial_id, last)
+        self._store_artifacts(ot_trial, last)
         try:
             self._ot_study.tell(ot_trial, values if values is None or len(values) > 1 else values[0], state=state)
         except RuntimeError as e:  # already finished (e.g. told before a resume); never tell twice
@@ -169,6 +173,23 @@ class StudySearch(OptunaSearch):
         for trial_id in list(self._ot_trials):
             if trial_id not in self._completed_trials:
                 self.on_trial_complete(trial_id, self._last.get(trial_id))
+
+    def _store_artifacts(self, ot_trial, last: dict) -> None:
+        """Write the figures a trial sent back (base64 PNGs in its last result) to the artifact store."""
+        figures = {k.removeprefix("artifact:"): v for k, v in last.items() if k.startswith("artifact:")}
+        if not figures:
+            return
+        from optuna.artifacts import upload_artifact
+
+        if self._artifact_store is None:
+            self._artifact_store = open_artifact_store(self._spec.storage)
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, b64 in figures.items():
+                path = Path(tmp) / f"trial{ot_trial.number}-{name}"
+                path.write_bytes(base64.b64decode(b64))
+                artifact_id = upload_artifact(artifact_store=self._artifact_store, file_path=str(path),
+                                              study_or_trial=ot_trial, mimetype="image/png")
+                ot_trial.set_user_attr(f"artifact_{name.removesuffix('.png')}", artifact_id)
 
     def _record_attrs(self, ot_trial, trial_id: str, last: dict) -> None:
         # Each attribute is one storage commit: record what a user needs, nothing Optuna already keeps.
@@ -380,6 +401,7 @@ def _fit(spec: JobSpec, search: StudySearch, scheduler, num_samples: int) -> Non
         "objectives": [(o.reported, o.mode) for o in spec.objectives],
         "threads": threads,
         "report_interval": spec.report_interval,
+        "artifacts": spec.artifacts,
     }
     resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
     results_dir = spec.results_dir if "://" in spec.results_dir else str(Path(spec.results_dir).resolve())

@@ -29,6 +29,7 @@ TASK_PREFIX = "task."  # a space key "task.seed" names the task argument, not BM
 TOP_LEVEL = (
     "study", "task", "task_args", "fixed", "space", "objective", "sampler", "scheduler",
     "trials", "concurrency", "resources", "time_budget", "storage", "results_dir", "report_interval",
+    "artifacts",
 )
 
 
@@ -98,6 +99,7 @@ class JobSpec:
     storage: str = DEFAULT_STORAGE
     results_dir: str = DEFAULT_RESULTS_DIR
     report_interval: float = 1.0  # seconds between a trial's reports (the last step is always reported)
+    artifacts: bool = True  # per-trial figures (convergence; restorations for image tasks) for the dashboard
 
     @property
     def multi_objective(self) -> bool:
@@ -306,7 +308,11 @@ def parse_spec(data: Any, *, source: str = "spec") -> JobSpec:
     if not isinstance(results_dir, str) or not results_dir:
         raise _fail("results_dir", f"must be a path or URI, got {results_dir!r}")
     report_interval = _number("report_interval", data.get("report_interval", 1.0), nonnegative=True)
+    artifacts = data.get("artifacts", True)
+    if not isinstance(artifacts, bool):
+        raise _fail("artifacts", f"must be true or false, got {artifacts!r}")
     return JobSpec(
+        artifacts=artifacts,
         report_interval=report_interval,
         study=study.strip(),
         task=task,

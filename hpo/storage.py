@@ -88,3 +88,18 @@ def find_study(storage, name: str) -> optuna.study.StudySummary | None:
         if summary.study_name == name:
             return summary
     return None
+
+
+def artifact_dir(url: str) -> Path:
+    """Where trial artifacts (figures) live: ``artifacts/`` beside a SQLite file, else ./hpo-results/artifacts."""
+    path = sqlite_path(url)
+    return (path.parent if path is not None else Path("hpo-results")) / "artifacts"
+
+
+def open_artifact_store(url: str):
+    """The file-system artifact store beside ``url``'s storage (created on first use)."""
+    from optuna.artifacts import FileSystemArtifactStore
+
+    directory = artifact_dir(url)
+    directory.mkdir(parents=True, exist_ok=True)
+    return FileSystemArtifactStore(str(directory))

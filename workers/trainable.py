@@ -9,6 +9,7 @@ the driver records the reason and the job goes on.
 
 from __future__ import annotations
 
+import base64
 import math
 import socket
 import time
@@ -17,12 +18,31 @@ from typing import Any
 import torch
 from ray import tune
 
-from workers.bmo import BMOConfig, DivergenceError, train
+from workers.bmo import BMOConfig, DivergenceError, evaluate_solve, train
 from workers.tasks import make_problem, split_settings
 
 
 def _worst(objectives: list[tuple[str, str]]) -> dict[str, float]:
     return {key: (math.inf if mode == "min" else -math.inf) for key, mode in objectives}
+
+
+def _artifacts(problem, config: BMOConfig, history: list[dict], metric: str) -> dict[str, str]:
+    """The trial's figures as base64 PNGs under ``artifact:<file name>`` keys (the driver stores them)."""
+    from workers.figures import convergence_png, restoration_png
+
+    K = config.eval_steps
+    batch = next(iter(problem.batches("val")))
+    _, per_layer = evaluate_solve(problem, batch, config, K=2 * K, trace=True)
+    figures = {"convergence.png": convergence_png([m["fp_residual"] for m in per_layer], K, history, metric)}
+    test = next(iter(problem.batches("test")))
+    if getattr(test, "x", None) is not None and test.x.ndim == 4:  # an image task: show a restoration
+        u, _ = evaluate_solve(problem, test, config)
+        restored = problem.estimate(u)
+        quality = ", ".join(f"{k}={v:.4g}" for k, v in problem.metrics(u, test).items())
+        names = ", ".join(getattr(test, "names", ()) or ())
+        image = lambda t: t[0, 0].detach().float().cpu().numpy()  # noqa: E731
+        figures["restoration.png"] = restoration_png(image(test.y), image(restored), image(test.x), f"{names} {quality}".strip())
+    return {f"artifact:{name}": base64.b64encode(png).decode("ascii") for name, png in figures.items()}
 
 
 def trainable(params: dict[str, Any], *, job: dict[str, Any]) -> None:
@@ -41,10 +61,12 @@ def trainable(params: dict[str, Any], *, job: dict[str, Any]) -> None:
 
     interval = job.get("report_interval", 0.0)
     last_report = [time.monotonic()]
+    history: list[dict[str, float]] = []
 
     def report(step: int, metrics: dict[str, float]) -> None:
         if metrics["val_step"] != step:
             return
+        history.append({"step": step, **{k: v for k, v in metrics.items() if k == "upper_loss" or k.startswith("val_")}})
         now = time.monotonic()
         if step != config.outer_steps and now - last_report[0] < interval:
             return  # each report costs Tune a few ms; at most one per interval, and always the last step
@@ -52,6 +74,8 @@ def trainable(params: dict[str, Any], *, job: dict[str, Any]) -> None:
         out = {**base, **metrics, "outer_step": step, "device": str(problem.device)}
         if step == config.outer_steps:
             out.update({f"refined_{k}": v for k, v in problem.learned_values().items()})
+            if job.get("artifacts", False):
+                out.update(_artifacts(problem, config, history, job["objectives"][0][0].removeprefix("val_")))
         tune.report(out)
 
     try:

@@ -49,6 +49,9 @@ def test_quickstart_end_to_end_with_two_concurrent_trials(tmp_path, ray_address)
             assert final < 100 and t.user_attrs["stopped_by"] == "scheduler"
         if t.params.get("hypergrad") != "truncated":
             assert "truncate" not in t.params  # conditional parameter
+    for t in (t for t in trials if t.state == TrialState.COMPLETE):  # figures of finished trials, stored by the driver
+        stored = tmp_path / "artifacts" / t.user_attrs["artifact_convergence"]
+        assert stored.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     spans = sorted((t.datetime_start, t.datetime_complete) for t in trials)
     assert any(b[0] < a[1] for a, b in zip(spans, spans[1:]))  # trials ran side by side
     assert any("6/6 finished" in line for line in lines)
@@ -232,3 +235,16 @@ def test_time_budget_stops_the_job_and_leaves_nothing_running(tmp_path, ray_addr
     assert not [t for t in trials if t.state == TrialState.RUNNING]
     stopped = [t for t in trials if t.state == TrialState.PRUNED]
     assert stopped and all(t.user_attrs["stopped_by"] == "driver" for t in stopped)
+
+
+def test_image_task_trials_store_a_restoration_figure(tmp_path, ray_address):
+    spec = load_spec(write_spec(
+        tmp_path, task="deconvolution", trials=1, concurrency=1, space={"mu": {"type": "float", "low": 0.0, "high": 0.2}},
+        task_args={"size": 32, "patch": 16, "kernel_size": 9, "batch_size": 2, "width": 4, "depth": 2},
+        fixed={"K": 2, "outer_steps": 4, "eval_every": 2}, objective={"metric": "psnr", "mode": "max"},
+    ))
+    run_job(spec, out=lambda line: None)
+    (trial,) = _study(spec).get_trials()
+    assert trial.state == TrialState.COMPLETE
+    for name in ("artifact_convergence", "artifact_restoration"):
+        assert (tmp_path / "artifacts" / trial.user_attrs[name]).stat().st_size > 1000
