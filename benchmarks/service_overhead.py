@@ -1,9 +1,11 @@
 """Per-trial overhead of `hpo run` against plain Ray Tune + OptunaSearch and an Optuna ask/tell loop over Ray actors.
 
-All three run the same no-op trial (``benchmarks/noop.py``: build the problem, one BMO outer
+All run the same no-op trial (``benchmarks/noop.py``: build the problem, one BMO outer
 step with K=1, report the loss) with a random sampler, SQLite storage and 2 trials at a time,
 on one Ray instance in one run, so the ratios compare like with like. Each method runs once
-to warm up, then ``--repeats`` times; the median is kept.
+to warm up, then ``--repeats`` times; the median is kept. ``hpo_run`` is measured with
+``artifacts: false``; ``hpo_run_with_figures`` adds the per-trial figures (rendered in the
+worker, stored by the driver).
 
 Report cost: the same hpo job with 51 validations per trial, reporting all of them
 (``report_interval: 0``) against reporting only the last; the difference, per report, in
@@ -45,7 +47,7 @@ def _noop_trial(x: float, steps: int = 1) -> float:
     return result.final["val_loss"]
 
 
-def run_hpo(trials: int, tmp: Path, tag: str, *, steps: int = 1, report_interval: float = 1.0) -> float:
+def run_hpo(trials: int, tmp: Path, tag: str, *, steps: int = 1, report_interval: float = 1.0, artifacts: bool = False) -> float:
     from hpo.driver import run_job
     from hpo.spec import parse_spec
 
@@ -63,6 +65,7 @@ def run_hpo(trials: int, tmp: Path, tag: str, *, steps: int = 1, report_interval
         "storage": f"sqlite:///{tmp / f'hpo-{tag}.db'}",
         "results_dir": str(tmp / "ray"),
         "report_interval": report_interval,
+        "artifacts": artifacts,
     })
     start = time.perf_counter()
     run_job(spec, out=lambda line: None)
@@ -141,7 +144,12 @@ def main() -> int:
     pythonpath = os.pathsep.join([str(HERE), str(HERE.parent)])
     ray.init(num_cpus=CONCURRENCY, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
              runtime_env={"env_vars": {"PYTHONPATH": pythonpath}})
-    methods = {"hpo_run": run_hpo, "plain_tune_optunasearch": run_plain_tune, "optuna_ask_tell_actors": run_ask_tell}
+    methods = {
+        "hpo_run": run_hpo,
+        "plain_tune_optunasearch": run_plain_tune,
+        "optuna_ask_tell_actors": run_ask_tell,
+        "hpo_run_with_figures": lambda n, tmp, tag: run_hpo(n, tmp, tag, artifacts=True),
+    }
     seconds: dict[str, list[float]] = {m: [] for m in methods}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -426,8 +426,11 @@ def _fit(spec: JobSpec, search: StudySearch, scheduler, num_samples: int) -> Non
 
 
 def summarize(spec: JobSpec, storage, result: JobResult) -> JobResult:
-    """Fill ``result`` with the study's state counts and best trial(s)."""
+    """Fill ``result`` with the study's state counts and best trial(s); refresh the study's dashboard plots."""
+    from hpo.plots import save_study_plots
+
     study = optuna.load_study(study_name=spec.study, storage=storage)
+    save_study_plots(study, spec.objectives[0].metric, spec.fixed)
     trials = study.get_trials(deepcopy=False)
     result.complete = sum(t.state == TrialState.COMPLETE for t in trials)
     result.pruned = sum(t.state == TrialState.PRUNED for t in trials)

@@ -79,3 +79,15 @@ def test_reading_never_creates_a_database(tmp_path, capsys):
     assert main(["studies", "--storage", url]) == 2
     assert "no database" in capsys.readouterr().err
     assert not (tmp_path / "missing.db").exists()
+
+
+def test_study_plots_are_saved_for_the_dashboard(storage):
+    from optuna_dashboard._custom_plot_data import list_graph_object_ids  # what the dashboard reads
+
+    from hpo.plots import save_study_plots
+
+    study = optuna.load_study(study_name="s", storage=storage)
+    save_study_plots(study, "nmse_db", {"K": 8})
+    save_study_plots(study, "nmse_db", {"K": 8})  # a rerun replaces, not adds
+    graphs = list_graph_object_ids(study._storage.get_study_system_attrs(study._study_id))
+    assert sorted(graphs) == ["convergence-best", "objective-vs-mu-K"]
