@@ -149,6 +149,15 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_dashboard(args: argparse.Namespace) -> int:
+    """Serve optuna-dashboard over a storage until Ctrl-C (loopback only unless --allow-remote)."""
+    from hpo.dashboard import serve
+
+    serve(args.storage, host=args.host, port=args.port, allow_remote=args.allow_remote,
+          artifact_dir=args.artifacts, quiet=args.quiet)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with one subparser per command."""
     parser = argparse.ArgumentParser(prog="hpo", description="Tune BMO solvers with Ray Tune and Optuna.")
@@ -194,6 +203,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("csv", "json"), default="csv")
     p.add_argument("--output", "-o", help="write to this file (atomically) instead of stdout")
     p.set_defaults(func=_cmd_export)
+    p = with_storage(sub.add_parser("dashboard", help="serve optuna-dashboard over the storage (on 127.0.0.1)"))
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default: 127.0.0.1; anything but loopback needs --allow-remote)")
+    p.add_argument("--port", type=int, default=8080, help="port to listen on (default: 8080; 0 picks a free one)")
+    p.add_argument("--allow-remote", action="store_true",
+                   help="serve on a non-loopback address although the dashboard has no authentication")
+    p.add_argument("--artifacts", metavar="DIR",
+                   help="trial artifact directory (default: artifacts/ beside a SQLite storage, else hpo-results/artifacts)")
+    p.add_argument("--quiet", action="store_true", help="do not log each request")
+    p.set_defaults(func=_cmd_dashboard)
     return parser
 
 

@@ -32,7 +32,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from hpo.errors import ClusterError, StorageError
 from hpo.space import define_by_run, make_sampler
-from hpo.spec import JobSpec, check_against_task
+from hpo.spec import DEFAULT_STORAGE, JobSpec, check_against_task
 from hpo.storage import check_storage, find_study, open_artifact_store, open_storage
 
 INTERRUPTED = "interrupted: the driver stopped before the trial finished"
@@ -448,6 +448,8 @@ def print_result(result: JobResult, out: Callable[[str], None] = print) -> None:
         out("no trial completed")
     for b in result.best:
         out(f"best trial {b['number']}: values={b['values']} params={json.dumps(b['params'])}")
+    storage = "" if result.storage == DEFAULT_STORAGE else f" --storage {result.storage}"
+    out(f"dashboard: hpo dashboard{storage}  (then open http://127.0.0.1:8080/dashboard)")
 
 
 __all__ = ["JobResult", "print_result", "run_job", "summarize", "validate"]

@@ -15,3 +15,7 @@ class StorageError(HPOError):
 
 class ClusterError(HPOError):
     """Ray cannot be reached or cannot satisfy the requested resources."""
+
+
+class DashboardError(HPOError):
+    """The dashboard cannot be served as asked (a non-loopback host without --allow-remote, a busy port)."""

@@ -2,7 +2,6 @@
 and (slow) the study page in headless Chromium."""
 
 import json
-import os
 import signal
 import socket
 import struct
@@ -20,7 +19,8 @@ from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 from optuna.trial import TrialState
 
 from hpo.cli import main
-from hpo.dashboard import artifact_dir_for, check_host, loopback_only, make_app, make_server
+from hpo.dashboard import check_host, guard, make_app, make_server
+from hpo.storage import artifact_dir
 
 from .conftest import REPO
 
@@ -43,7 +43,7 @@ def png_bytes(width: int, height: int, rgb=(200, 40, 40)) -> bytes:
 def storage(tmp_path):
     """Study 's': 3 complete trials and a pruned one, each with params, reports, attributes and a PNG artifact."""
     url = f"sqlite:///{tmp_path / 'studies.db'}"
-    store_dir = artifact_dir_for(url)
+    store_dir = artifact_dir(url)
     store_dir.mkdir()
     store = FileSystemArtifactStore(store_dir)
     image = tmp_path / "residual.png"
@@ -66,7 +66,7 @@ def storage(tmp_path):
 @pytest.fixture
 def server(storage):
     """The dashboard of ``storage`` served (as ``hpo dashboard`` serves it) on 127.0.0.1, a free port."""
-    srv = make_server(loopback_only(make_app(storage)), "127.0.0.1", 0, quiet=True)
+    srv = make_server(guard(make_app(storage)), "127.0.0.1", 0, quiet=True)
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{srv.server_port}"
@@ -75,9 +75,11 @@ def server(storage):
     thread.join(5)
 
 
-def get(url: str, host: str | None = None) -> tuple[int, str, bytes]:
-    """GET ``url`` (optionally with another Host header): status, content type, body."""
-    request = urllib.request.Request(url, headers={"Host": host} if host else {})
+def http(url: str, host: str | None = None, method: str = "GET", data: bytes | None = None,
+         headers: dict | None = None) -> tuple[int, str, bytes]:
+    """Request ``url`` (optionally with another Host header): status, content type, body."""
+    headers = {**({"Host": host} if host else {}), **(headers or {})}
+    request = urllib.request.Request(url, data=data, headers=headers, method=method)
     try:
         with urllib.request.urlopen(request, timeout=30) as r:
             return r.status, r.headers.get("Content-Type", ""), r.read()
@@ -86,10 +88,10 @@ def get(url: str, host: str | None = None) -> tuple[int, str, bytes]:
 
 
 def study_detail(base: str, name: str = "s") -> dict:
-    status, _, body = get(f"{base}/api/studies")
+    status, _, body = http(f"{base}/api/studies")
     assert status == 200
     ids = {s["study_name"]: s["study_id"] for s in json.loads(body)["study_summaries"]}
-    status, _, body = get(f"{base}/api/studies/{ids[name]}")
+    status, _, body = http(f"{base}/api/studies/{ids[name]}")
     assert status == 200
     return {"study_id": ids[name], **json.loads(body)}
 
@@ -108,7 +110,7 @@ def free_port() -> int:
     ("postgresql://user@host/db", Path("hpo-results/artifacts")),
 ])
 def test_artifact_dir_is_beside_a_sqlite_storage(url, expected):
-    assert artifact_dir_for(url) == expected
+    assert artifact_dir(url) == expected
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "::1", "[::1]", "localhost", "127.0.0.2"])
@@ -151,7 +153,7 @@ def test_busy_port_is_one_line(storage, capsys):
 
 
 def test_api_serves_study_list_and_study_detail(server):
-    status, content_type, body = get(f"{server}/api/studies")
+    status, content_type, body = http(f"{server}/api/studies")
     assert status == 200 and content_type.startswith("application/json")
     assert sorted(s["study_name"] for s in json.loads(body)["study_summaries"]) == ["empty", "s"]
     detail = study_detail(server)
@@ -161,7 +163,7 @@ def test_api_serves_study_list_and_study_detail(server):
     assert {p["name"] for p in trials[0]["params"]} == {"mu", "hypergrad"}
     assert [v["step"] for v in trials[0]["intermediate_values"]] == [10, 20]
     assert {a["key"] for a in trials[0]["user_attrs"]} == {"fp_residual", "device"}
-    status, _, body = get(f"{server}/api/studies/{detail['study_id']}?after=3")
+    status, _, body = http(f"{server}/api/studies/{detail['study_id']}?after=3")
     assert status == 200 and [t["number"] for t in json.loads(body)["trials"]] == [3]  # the SPA's poll
 
 
@@ -170,18 +172,30 @@ def test_trial_artifact_is_downloadable(server):
     trial = detail["trials"][1]
     [artifact] = trial["artifacts"]
     assert artifact["filename"] == "residual.png" and artifact["mimetype"] == "image/png"
-    status, content_type, body = get(f"{server}/artifacts/{detail['study_id']}/{trial['trial_id']}/{artifact['artifact_id']}")
-    assert (status, content_type, body) == (200, "image/png", png_bytes(64, 48))
-    status, _, _ = get(f"{server}/artifacts/{detail['study_id']}/{trial['trial_id']}/{'0' * 8}-0000-0000-0000-{'0' * 12}")
-    assert status == 404
+    prefix = f"{server}/artifacts/{detail['study_id']}/{trial['trial_id']}"
+    assert http(f"{prefix}/{artifact['artifact_id']}") == (200, "image/png", png_bytes(64, 48))
+    assert http(f"{prefix}/00000000-0000-0000-0000-000000000000")[0] == 404
 
 
 def test_foreign_host_header_is_refused(server):
     """A page that rebinds its own name to 127.0.0.1 (DNS rebinding) sends its name as Host: refused."""
     port = server.rsplit(":", 1)[1]
-    assert get(f"{server}/api/studies", host=f"attacker.example:{port}")[0] == 403
-    assert get(f"{server}/api/studies", host=f"localhost:{port}")[0] == 200
-    assert get(f"{server}/api/studies", host=f"[::1]:{port}")[0] == 200
+    assert http(f"{server}/api/studies", host=f"attacker.example:{port}")[0] == 403
+    assert http(f"{server}/api/studies", host=f"localhost:{port}")[0] == 200
+    assert http(f"{server}/api/studies", host=f"[::1]:{port}")[0] == 200
+
+
+def test_cross_origin_write_is_refused(server):
+    """A web page may post a form anywhere without a CORS preflight; the guard refuses it by Origin."""
+    form = {"Origin": "http://attacker.example", "Content-Type": "application/x-www-form-urlencoded"}
+    status, _, body = http(f"{server}/incompatible-rdb-schema", method="POST", data=b"", headers=form)
+    assert status == 403 and b"origin 'http://attacker.example' refused" in body  # else: a schema migration
+    note_url = f"{server}/api/studies/{study_detail(server)['study_id']}/note"
+    put = {"Content-Type": "application/json"}
+    note = json.dumps({"version": 1, "body": "checked"}).encode()
+    assert http(note_url, method="PUT", data=note, headers=put)[0] == 204  # no Origin: a script
+    note = json.dumps({"version": 2, "body": "again"}).encode()
+    assert http(note_url, method="PUT", data=note, headers={**put, "Origin": server})[0] == 204  # its own page
 
 
 def test_cli_serves_until_interrupted(storage, tmp_path):
@@ -194,8 +208,8 @@ def test_cli_serves_until_interrupted(storage, tmp_path):
         line = proc.stdout.readline()
         assert "http://127.0.0.1:" in line and str(artifacts) in line, proc.stderr.read()
         url = line.split(" at ", 1)[1].split()[0]
-        assert get(url)[0] == 200  # the SPA's page
-        assert get(url.replace("/dashboard", "/api/studies"))[0] == 200
+        assert http(url)[0] == 200  # the SPA's page
+        assert http(url.replace("/dashboard", "/api/studies"))[0] == 200
         assert artifacts.is_dir()
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=30) == 0
@@ -231,6 +245,10 @@ def test_study_page_in_headless_chromium(server, tmp_path):
             page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=image.element_handle(),
                                    timeout=30_000)
             assert image.evaluate("img => [img.naturalWidth, img.naturalHeight]") == [64, 48]
+            write = page.evaluate("""id => fetch(`/api/studies/${id}/note`, {method: "PUT",
+                headers: {"Content-Type": "application/json"}, body: JSON.stringify({version: 1, body: "ok"})})
+                .then(r => r.status)""", detail["study_id"])
+            assert write == 204  # the dashboard's own pages may still write (same origin)
             screenshot = tmp_path / "dashboard-trial.png"
             page.screenshot(path=str(screenshot), full_page=True)
             print(f"screenshot: {screenshot}")
