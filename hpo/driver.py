@@ -249,22 +249,28 @@ def _module_root(task: str) -> str | None:
     return str(origin.parent.parent if origin.name == "__init__.py" else origin.parent)
 
 
-def connect_ray(address: str | None, task: str) -> None:
-    """Join ``address`` or start an embedded local Ray (reusing one already started in this process)."""
+def connect_ray(address: str | None, task: str) -> str | None:
+    """Join ``address`` or start an embedded local Ray (reusing one already started in this process).
+
+    Returns the URL of Ray's dashboard when the cluster runs one (a joined cluster; the embedded
+    Ray starts none).
+    """
     import ray
 
     if ray.is_initialized():
-        return
+        return None
     paths = [p for p in (_module_root(task), os.getcwd(), os.environ.get("PYTHONPATH")) if p]
     runtime_env = {"env_vars": {"PYTHONPATH": os.pathsep.join(paths), "PYTHONWARNINGS": "ignore::DeprecationWarning"}}
     kwargs = dict(runtime_env=runtime_env, log_to_driver=False, logging_level="ERROR", configure_logging=True)
     try:
         if address:
-            ray.init(address=address, **kwargs)
+            context = ray.init(address=address, **kwargs)
         else:
-            ray.init(include_dashboard=False, **kwargs)
+            context = ray.init(include_dashboard=False, **kwargs)
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise ClusterError(f"cannot connect to Ray at {address or 'a new local instance'}: {str(e).splitlines()[0]}") from None
+    url = getattr(context, "dashboard_url", None)
+    return f"http://{url}" if url and not url.startswith("http") else url
 
 
 def check_resources(spec: JobSpec) -> None:
@@ -332,7 +338,9 @@ def run_job(spec: JobSpec, *, address: str | None = None, resume: bool = False, 
     """Run (or resume) the tuning job of ``spec`` and return the study's counts and best trial(s)."""
     _quiet_libraries()
     validate(spec)
-    connect_ray(address, spec.task)
+    ray_dashboard = connect_ray(address, spec.task)
+    if ray_dashboard:
+        out(f"Ray dashboard: {ray_dashboard}")
     check_resources(spec)
     storage = open_storage(spec.storage)
     counts, existing = _prepare_study(spec, storage, resume, out)
