@@ -96,6 +96,43 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0 if result.complete else 1
 
 
+def _cmd_submit(args: argparse.Namespace) -> int:
+    """Submit a tuning job to a Ray cluster through Ray Jobs."""
+    from hpo.jobs import submit
+    from hpo.spec import parse_spec, read_spec_data
+
+    data = read_spec_data(args.spec, _spec_overrides(args))
+    spec = parse_spec(data, source=args.spec)
+    job_id, spec = submit(data, spec, args.address)
+    print(f"submitted job {job_id}: study {spec.study!r}, {spec.trials} trials")
+    print(f"storage on the head node: {spec.storage}")
+    print(f"follow it:  hpo jobs logs {job_id} --follow --address {args.address}")
+    print(f"Ray dashboard: {args.address}   (study dashboard: `hpo dashboard --storage URL` on the head node)")
+    return 0
+
+
+def _cmd_jobs(args: argparse.Namespace) -> int:
+    """List jobs, or show the status or logs of one, or stop it."""
+    from hpo import jobs
+    from hpo.results import format_table
+
+    if args.action == "list":
+        rows = jobs.list_jobs(args.address)
+        print(format_table(rows, ["job", "status", "study", "start_time", "entrypoint"]) if rows else "no jobs")
+        return 0
+    if not args.job_id:
+        raise UsageError(f"hpo jobs {args.action} needs a job id")
+    if args.action == "status":
+        info = jobs.status(args.address, args.job_id)
+        print(f"{info['job']}: {info['status']}" + (f" ({info['message']})" if info["message"] else ""))
+    elif args.action == "logs":
+        jobs.logs(args.address, args.job_id, follow=args.follow, out=print)
+    else:
+        stopped = jobs.stop(args.address, args.job_id)
+        print(f"{args.job_id}: {'stop requested' if stopped else 'already finished'}")
+    return 0
+
+
 def _cmd_studies(args: argparse.Namespace) -> int:
     """List the studies in a storage."""
     from hpo.results import format_table, list_studies
@@ -184,6 +221,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="finish the spec's existing study after an interrupted run")
     p.set_defaults(func=_cmd_run)
 
+    p = sub.add_parser("submit", help="submit a tuning job to a Ray cluster (Ray Jobs)")
+    p.add_argument("spec", help="job spec (YAML)")
+    p.add_argument("--address", default=None, help="the cluster's jobs API (default: $RAY_ADDRESS or http://127.0.0.1:8265)")
+    p.add_argument("--trials", type=int, help="total trials in the study (overrides the spec)")
+    p.add_argument("--storage", help="Optuna storage URL as seen from the head node (absolute SQLite path or PostgreSQL)")
+    p.add_argument("--study", help="study name (overrides the spec)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a spec value (as for run)")
+    p.set_defaults(func=_cmd_submit)
+
+    p = sub.add_parser("jobs", help="list jobs, or the status / logs of one, or stop it")
+    p.add_argument("action", choices=("list", "status", "logs", "stop"))
+    p.add_argument("job_id", nargs="?")
+    p.add_argument("--address", default=None, help="the cluster's jobs API (default: $RAY_ADDRESS or http://127.0.0.1:8265)")
+    p.add_argument("--follow", "-f", action="store_true", help="with logs: stream until the job ends")
+    p.set_defaults(func=_cmd_jobs)
+
     def with_storage(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         p.add_argument("--storage", default=DEFAULT_STORAGE, help=f"Optuna storage URL (default: {DEFAULT_STORAGE})")
         return p
@@ -223,6 +276,10 @@ def main(argv: list[str] | None = None) -> int:
     if not hasattr(args, "func"):
         parser.print_help()
         return 0
+    if getattr(args, "address", "") is None and args.func in (_cmd_submit, _cmd_jobs):
+        from hpo.jobs import default_address
+
+        args.address = default_address()
     try:
         return args.func(args)
     except (UsageError, HPOError) as e:

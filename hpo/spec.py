@@ -333,6 +333,11 @@ def parse_spec(data: Any, *, source: str = "spec") -> JobSpec:
 
 def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> JobSpec:
     """Read and validate a YAML spec; ``overrides`` maps dotted keys (``fixed.K``, ``trials``) to values."""
+    return parse_spec(read_spec_data(path, overrides), source=str(path))
+
+
+def read_spec_data(path: str | Path, overrides: dict[str, Any] | None = None) -> Any:
+    """The spec's YAML data with ``overrides`` applied, not yet validated."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -347,7 +352,7 @@ def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> JobS
     if isinstance(data, dict):
         for dotted, value in (overrides or {}).items():
             apply_override(data, dotted, value)
-    return parse_spec(data, source=str(path))
+    return data
 
 
 def apply_override(data: dict, dotted: str, value) -> None:
