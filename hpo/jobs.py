@@ -34,11 +34,22 @@ def default_address() -> str:
 
 
 def client(address: str):
-    """A Ray Jobs client for ``address``; no cluster there is a ``ClusterError``."""
+    """A Ray Jobs client for ``address``; no cluster there, or no token for it, is a ``ClusterError``.
+
+    Clusters started with token authentication (``ray start`` does so by default since Ray 2.5x)
+    need ``RAY_AUTH_MODE=token`` here and the cluster's token in ``RAY_AUTH_TOKEN`` or
+    ``~/.ray/auth_token``.
+    """
+    from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient
 
     try:
         return JobSubmissionClient(address)
+    except AuthenticationError:
+        raise ClusterError(
+            f"the cluster at {address} requires token authentication: set RAY_AUTH_MODE=token and put "
+            "its token in RAY_AUTH_TOKEN or ~/.ray/auth_token"
+        ) from None
     except (ConnectionError, RuntimeError, ValueError) as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ClusterError(f"no Ray cluster's jobs API at {address}: {reason}") from None

@@ -11,7 +11,7 @@ import pytest
 from optuna.trial import TrialState
 
 from hpo.cli import main
-from tests.hpo.conftest import write_spec
+from tests.hpo.conftest import run_cli, write_spec
 
 pytestmark = pytest.mark.slow
 
@@ -23,9 +23,11 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def jobs_address(tmp_path_factory):
-    """A Ray head (2 CPUs) with the dashboard and jobs API on 127.0.0.1, stopped after the module."""
+def jobs_address():
+    """A Ray head (2 CPUs) with the dashboard and jobs API on 127.0.0.1 and token authentication."""
     port, dash = _free_port(), _free_port()
+    saved = os.environ.get("RAY_AUTH_MODE")
+    os.environ["RAY_AUTH_MODE"] = "token"  # the head and this process's clients (token in ~/.ray/auth_token)
     head = subprocess.Popen(
         ["ray", "start", "--head", "--block", f"--port={port}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
          "--num-cpus=2", "--include-dashboard=true", "--disable-usage-stats"],
@@ -45,6 +47,10 @@ def jobs_address(tmp_path_factory):
                 pytest.fail("the Ray head did not start its jobs API in 90 s")
             time.sleep(1)
     yield address
+    if saved is None:
+        os.environ.pop("RAY_AUTH_MODE", None)
+    else:
+        os.environ["RAY_AUTH_MODE"] = saved
     os.killpg(head.pid, signal.SIGTERM)
     try:
         head.wait(timeout=30)
@@ -100,6 +106,8 @@ def test_errors_are_one_line(tmp_path, jobs_address, capsys):
     assert err.count("\n") == 1 and "no job 'raysubmit_nope'" in err
     assert main(["jobs", "list", "--address", f"http://127.0.0.1:{_free_port()}"]) == 2
     assert "no Ray cluster's jobs API" in capsys.readouterr().err
+    proc = run_cli("jobs", "list", "--address", jobs_address, env={"RAY_AUTH_MODE": "disabled"})
+    assert proc.returncode == 2 and "requires token authentication" in proc.stderr and "Traceback" not in proc.stderr
     relative = write_spec(tmp_path, storage="sqlite:///relative.db")
     assert main(["submit", str(relative), "--address", jobs_address]) == 2
     assert "would land in the job's temporary working directory" in capsys.readouterr().err
