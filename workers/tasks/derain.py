@@ -1,10 +1,11 @@
 """Rain streak removal O = B + R as a fixed point over the pair (background B, rain R).
 
-T(B, R) = (Proj(D_ω(O - R)), Proj(S_ω(O - B))): the background is the denoised rest once
-the rain is taken out, the rain the streak-filtered rest once the background is taken out.
-(B, R) ↦ (O - R, O - B) is an isometry, so with D and S 1-Lipschitz
-(``operator="lipschitz"``: spectrally normalised averaged CNNs) T is nonexpansive in the
-product norm; ``operator="free"`` uses unconstrained residual CNNs (the ENA form).
+T(B, R) = Proj(½(B, R) + ½(D_ω(O - R), S_ω(O - B))): the background is pulled toward the
+denoised rest once the rain is taken out, the rain toward the streak-filtered rest once the
+background is taken out. (B, R) ↦ (O - R, O - B) is an isometry, so with D and S 1-Lipschitz
+(``operator="lipschitz"``: spectrally normalised averaged CNNs) the swap is nonexpansive in the
+product norm and T, its average with the identity, is averaged: plain iteration converges.
+``operator="free"`` uses unconstrained residual CNNs (the ENA form).
 
 Data: seeded synthetic rain (``workers.operators.rain``: oriented streak layers of varied
 density, length and angle) added to scikit-image's grayscale images, the splits of
@@ -115,7 +116,10 @@ class Derain(Problem):
 
     def operator(self, u: Tensor, batch: RainBatch, k: int) -> Tensor:
         b, r = u[:, :1], u[:, 1:]
-        return torch.cat((self.background(batch.y - r), self.streaks(batch.y - b)), dim=1).clamp(0.0, 1.0)
+        swap = torch.cat((self.background(batch.y - r), self.streaks(batch.y - b)), dim=1)
+        # Averaged with the identity: a nonexpansive map with this swap structure can rotate forever
+        # (plain iteration need not converge); ½(I + T₀) has the same fixed points and converges.
+        return (0.5 * (u + swap)).clamp(0.0, 1.0)
 
     def project(self, u: Tensor, batch: RainBatch) -> Tensor:
         return u.clamp(0.0, 1.0)
