@@ -142,7 +142,7 @@ def main() -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     pythonpath = os.pathsep.join([str(HERE), str(HERE.parent)])
-    ray.init(num_cpus=CONCURRENCY, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
+    ray.init(address="local", num_cpus=CONCURRENCY, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
              runtime_env={"env_vars": {"PYTHONPATH": pythonpath}})
     methods = {
         "hpo_run": run_hpo,

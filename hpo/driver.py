@@ -266,7 +266,7 @@ def connect_ray(address: str | None, task: str) -> str | None:
         if address:
             context = ray.init(address=address, **kwargs)
         else:
-            context = ray.init(include_dashboard=False, **kwargs)
+            context = ray.init(address="local", include_dashboard=False, **kwargs)  # never join a running cluster
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise ClusterError(f"cannot connect to Ray at {address or 'a new local instance'}: {str(e).splitlines()[0]}") from None
     url = getattr(context, "dashboard_url", None)
