@@ -197,6 +197,7 @@ class StudySearch(OptunaSearch):
             "wall_time_s": round(time.monotonic() - self._started.get(trial_id, time.monotonic()), 3),
             "device": last.get("device"),
             "node": last.get("node"),
+            "ray_node": last.get("ray_node"),
             "final_step": last.get("outer_step"),
             "fp_residual": last.get("val_fp_residual"),
         }
@@ -268,7 +269,10 @@ def connect_ray(address: str | None, task: str) -> str | None:
         else:
             context = ray.init(address="local", include_dashboard=False, **kwargs)  # never join a running cluster
     except (ConnectionError, RuntimeError, ValueError) as e:
-        raise ClusterError(f"cannot connect to Ray at {address or 'a new local instance'}: {str(e).splitlines()[0]}") from None
+        hint = ""
+        if address and os.environ.get("RAY_AUTH_MODE") != "token" and Path("~/.ray/auth_token").expanduser().exists():
+            hint = " (a cluster with token authentication needs RAY_AUTH_MODE=token)"
+        raise ClusterError(f"cannot connect to Ray at {address or 'a new local instance'}: {str(e).splitlines()[0]}{hint}") from None
     url = getattr(context, "dashboard_url", None)
     return f"http://{url}" if url and not url.startswith("http") else url
 

@@ -15,6 +15,7 @@ import socket
 import time
 from typing import Any
 
+import ray
 import torch
 from ray import tune
 
@@ -51,7 +52,7 @@ def trainable(params: dict[str, Any], *, job: dict[str, Any]) -> None:
     config_values, task_args = split_settings({**job["fixed"], **params})
     objectives = [tuple(o) for o in job["objectives"]]
     base = {"outer_step": 0, "outer_steps": config_values.get("outer_steps", BMOConfig.outer_steps),
-            "node": socket.gethostname()}
+            "node": socket.gethostname(), "ray_node": ray.get_runtime_context().get_node_id()[:12]}
     try:
         config = BMOConfig.from_dict(config_values)
         problem = make_problem(job["task"], {**job["task_args"], **task_args})
