@@ -39,6 +39,7 @@ def test_quickstart_end_to_end_with_two_concurrent_trials(tmp_path, ray_address)
     assert len({t.user_attrs["ray_trial_id"] for t in trials}) == 6  # one Tune trial = one Optuna trial
     for t in trials:
         assert t.user_attrs["device"] == "cpu" and t.user_attrs["node"] and t.user_attrs["wall_time_s"] > 0
+        assert len(t.user_attrs["ray_node"]) == 12
         assert t.user_attrs["fp_residual"] >= 0
         final = t.user_attrs["final_step"]
         assert max(t.intermediate_values) == final  # the final step's value is reported too
