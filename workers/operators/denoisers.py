@@ -31,6 +31,15 @@ def _conv_adjoint(y: Tensor, weight: Tensor) -> Tensor:
     return F.conv2d(F.pad(y, (pad, pad, pad, pad), mode="circular"), weight.transpose(0, 1).flip(-1, -2))
 
 
+def _conv_relu_stack(convs: nn.ModuleList, x: Tensor) -> Tensor:
+    """conv → ReLU → … → conv (no ReLU after the last convolution)."""
+    for i, conv in enumerate(convs):
+        x = conv(x)
+        if i < len(convs) - 1:
+            x = F.relu(x)
+    return x
+
+
 class SpectralConv(nn.Module):
     """A circular 2-D convolution whose operator norm is kept ≤ 1 (bias free to learn).
 
@@ -83,13 +92,8 @@ class LipschitzDenoiser(nn.Module):
         self.beta_logit = nn.Parameter(torch.logit(torch.tensor(float(beta))))
 
     def forward(self, x: Tensor) -> Tensor:
-        h = x
-        for i, conv in enumerate(self.convs):
-            h = conv(h)
-            if i < len(self.convs) - 1:
-                h = F.relu(h)
         beta = torch.sigmoid(self.beta_logit)
-        return (1 - beta) * x + beta * h
+        return (1 - beta) * x + beta * _conv_relu_stack(self.convs, x)
 
 
 class ResidualDenoiser(nn.Module):
@@ -108,9 +112,4 @@ class ResidualDenoiser(nn.Module):
             self.convs[-1].bias.zero_()
 
     def forward(self, x: Tensor) -> Tensor:
-        h = x
-        for i, conv in enumerate(self.convs):
-            h = conv(h)
-            if i < len(self.convs) - 1:
-                h = F.relu(h)
-        return x - h
+        return x - _conv_relu_stack(self.convs, x)
