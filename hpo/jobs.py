@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import tempfile
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -25,6 +26,7 @@ DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 HEAD_STORAGE = "sqlite:///$HOME/hpo-results/studies.db"  # expanded by the job's shell on the head node
 HEAD_RESULTS_DIR = "$HOME/hpo-results/ray"
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+AGENT_WAIT_S = 60.0  # how long a submission waits for a just-started cluster's job agent
 
 
 def default_address() -> str:
@@ -90,11 +92,18 @@ def submit(spec_data: dict, spec: JobSpec, address: str) -> tuple[str, JobSpec]:
             'python -m hpo.cli run spec.yaml --address auto '
             f'--storage "{spec.storage}" --set results_dir="{spec.results_dir}"'
         )
-        try:
-            job_id = jobs.submit_job(entrypoint=entrypoint, runtime_env=runtime_env,
-                                     metadata={"study": spec.study, "tool": "bmo-hpo"})
-        except RuntimeError as e:
-            raise ClusterError(f"submitting to {address} failed: {str(e).strip().splitlines()[0]}") from None
+        deadline = time.monotonic() + AGENT_WAIT_S
+        while True:
+            try:
+                job_id = jobs.submit_job(entrypoint=entrypoint, runtime_env=runtime_env,
+                                         metadata={"study": spec.study, "tool": "bmo-hpo"})
+                break
+            except RuntimeError as e:
+                # Right after a cluster starts, its job agent may not be up yet: Ray says to try again.
+                if "try again later" in str(e) and time.monotonic() < deadline:
+                    time.sleep(1.0)
+                    continue
+                raise ClusterError(f"submitting to {address} failed: {str(e).strip().splitlines()[0]}") from None
     return job_id, spec
 
 
