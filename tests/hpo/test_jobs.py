@@ -26,11 +26,14 @@ def _free_port() -> int:
 def jobs_address():
     """A Ray head (2 CPUs) with the dashboard and jobs API on 127.0.0.1 and token authentication."""
     port, dash = _free_port(), _free_port()
+    # Own agent ports: the session's other Ray instance already holds the default ones.
+    agent_ports = [f"--dashboard-agent-listen-port={_free_port()}", f"--dashboard-agent-grpc-port={_free_port()}",
+                   f"--runtime-env-agent-port={_free_port()}", f"--metrics-export-port={_free_port()}"]
     saved = os.environ.get("RAY_AUTH_MODE")
     os.environ["RAY_AUTH_MODE"] = "token"  # the head and this process's clients (token in ~/.ray/auth_token)
     head = subprocess.Popen(
         ["ray", "start", "--head", "--block", f"--port={port}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-         "--num-cpus=2", "--include-dashboard=true", "--disable-usage-stats"],
+         "--num-cpus=2", "--include-dashboard=true", "--disable-usage-stats", *agent_ports],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
     address = f"http://127.0.0.1:{dash}"
