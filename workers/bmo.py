@@ -273,7 +273,9 @@ def _evaluate_solve(problem, batch, config, K, full, per_layer):
         u = problem.init(batch)
         watch = _Watch(u)
         for k in range(1, K + 1):
-            u = _run_block(problem, batch, u, config, range(k, k + 1), mu=config.eval_mu, full=full, watch=watch, offset=0)
+            mu = config.eval_mu
+            u = bmo_step(problem, u, batch, k, mu, step_size(config, k)) if full else km_step(problem, u, batch, k, mu)
+            watch.see(u, k)
             if per_layer is not None:
                 per_layer.append({**problem.metrics(u, batch), "fp_residual": fp_residual(problem, u, batch, k + 1)})
         watch.check(0)
