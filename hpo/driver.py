@@ -5,6 +5,10 @@ What this adds to plain Tune + OptunaSearch (see DESIGN.md, "Facts"):
 - trial states: a trial ASHA stopped is PRUNED (not COMPLETE with its low-budget
   value); a diverged or broken trial is FAIL with the reason in its user
   attributes; the final step's value is reported as an intermediate value too;
+- fault tolerance: a trial whose worker or node is lost is restarted by Tune
+  (``max_retries`` times, elsewhere if its node is gone) and stays one Optuna
+  trial, RUNNING until the retry finishes; an error in the task's own code is
+  never retried (the trainable reports it, see ``workers.trainable``);
 - user attributes per trial: final fixed-point residual, wall time, device, node,
   refined values of the searched hyper-training variables, the Ray trial id;
 - resume from the storage, the single source of truth: trials left RUNNING by a
@@ -27,6 +31,7 @@ from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
+from ray.tune import Callback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 
@@ -105,6 +110,8 @@ class StudySearch(OptunaSearch):
         self._reported: dict[str, set[int]] = {}
         self._artifact_store = None
         self._started: dict[str, float] = {}
+        self._tune_trials: dict = {}  # trial id -> Tune's Trial (for its error file), filled by TrialWatch
+        self._retry_reasons: dict[str, list[str]] = {}
 
     def suggest(self, trial_id: str):
         params = super().suggest(trial_id)
@@ -138,12 +145,25 @@ class StudySearch(OptunaSearch):
             self._ot_trials[trial_id].report(float(value), step)
             done.add(step)
 
+    def retrying(self, trial) -> None:
+        """Tune restarts ``trial`` after its worker or node was lost: the Optuna trial stays RUNNING."""
+        reasons = self._retry_reasons.setdefault(trial.trial_id, [])
+        reasons.append(_lost_reason(trial))
+        ot_trial = self._ot_trials.get(trial.trial_id)
+        name = f"trial {ot_trial.number}" if ot_trial is not None else f"Tune trial {trial.trial_id}"
+        self._progress.out(f"{name}: {reasons[-1]}; restarting it (retry {len(reasons)} of {self._spec.max_retries})")
+
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
         ot_trial = self._ot_trials[trial_id]
         last = result or self._last.get(trial_id) or {}
-        reason = self._failure(last) or ("the trainable raised an error" if error else None)
+        reason = self._failure(last)
+        if not reason and error:  # the task reports its own errors, so Tune saw the worker die (max_retries used up)
+            trial = self._tune_trials.get(trial_id)
+            retries = len(self._retry_reasons.get(trial_id, ()))
+            reason = (f"its Ray worker was lost {retries + 1} time(s) (max_retries: {self._spec.max_retries}); "
+                      f"last: {_lost_reason(trial) if trial is not None else 'unknown'}")
         values = None
         note = ""
         if reason:
@@ -198,13 +218,50 @@ class StudySearch(OptunaSearch):
             "device": last.get("device"),
             "node": last.get("node"),
             "ray_node": last.get("ray_node"),
+            "gpus": last.get("gpus") or None,
             "final_step": last.get("outer_step"),
             "fp_residual": last.get("val_fp_residual"),
+            "traceback": last.get("trial_traceback"),
+            "retries": len(self._retry_reasons.get(trial_id, ())) or None,
+            "retry_reasons": self._retry_reasons.get(trial_id),
         }
         attrs.update({k: v for k, v in last.items() if k.startswith("refined_")})
         for key, value in attrs.items():
             if value is not None and not (isinstance(value, float) and not math.isfinite(value)):
                 ot_trial.set_user_attr(key, value)
+
+
+def _lost_reason(trial) -> str:
+    """One line on why Tune's ``trial`` failed, from the error file Tune writes for it."""
+    text = ""
+    try:
+        if trial.error_file:
+            text = Path(trial.error_file).read_text(errors="replace")
+    except OSError:
+        pass
+    text = text.rsplit("Failure # ", 1)[-1]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    for line in lines:
+        if "node" in line and ("died" in line or "dead" in line):
+            return line[:300]  # e.g. "The actor is dead because its node has died. Node Id: ..."
+    for line in reversed(lines):
+        if "Error" in line or "error" in line:
+            return line[:300]
+    return lines[-1][:300] if lines else "its worker failed"
+
+
+class TrialWatch(Callback):
+    """Gives the searcher Tune's Trial objects and tells it about each restart of a lost trial."""
+
+    def __init__(self, search: StudySearch):
+        self.search = search
+
+    def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
+        self.search._tune_trials[trial.trial_id] = trial
+
+    def on_trial_recover(self, iteration: int, trials: list, trial, **info) -> None:
+        self.search._tune_trials[trial.trial_id] = trial
+        self.search.retrying(trial)
 
 
 class PruneTrackingASHA(ASHAScheduler):
@@ -431,7 +488,10 @@ def _fit(spec: JobSpec, search: StudySearch, scheduler, num_samples: int) -> Non
             name=f"{spec.study}-{time.strftime('%Y%m%d-%H%M%S')}",
             storage_path=results_dir,
             verbose=0,
-            failure_config=tune.FailureConfig(max_failures=0),
+            # Only a lost worker or node reaches Tune as an error (the trainable reports the task's own
+            # errors as results), so every Tune retry is a restart on a healthy node, never a rerun of a bug.
+            failure_config=tune.FailureConfig(max_failures=spec.max_retries),
+            callbacks=[TrialWatch(search)],
         ),
     )
     tuner.fit()

@@ -29,7 +29,7 @@ TASK_PREFIX = "task."  # a space key "task.seed" names the task argument, not BM
 TOP_LEVEL = (
     "study", "task", "task_args", "fixed", "space", "objective", "sampler", "scheduler",
     "trials", "concurrency", "resources", "time_budget", "storage", "results_dir", "report_interval",
-    "artifacts",
+    "artifacts", "max_retries",
 )
 
 
@@ -100,6 +100,7 @@ class JobSpec:
     results_dir: str = DEFAULT_RESULTS_DIR
     report_interval: float = 1.0  # seconds between a trial's reports (the last step is always reported)
     artifacts: bool = True  # per-trial figures (convergence; restorations for image tasks) for the dashboard
+    max_retries: int = 3  # times a trial is restarted when its worker or node is lost (never for errors in the task)
 
     @property
     def multi_objective(self) -> bool:
@@ -301,6 +302,11 @@ def parse_spec(data: Any, *, source: str = "spec") -> JobSpec:
         cpu=_number("resources.cpu", res_raw.get("cpu", 1), positive=True),
         gpu=_number("resources.gpu", res_raw.get("gpu", 0), nonnegative=True),
     )
+    if resources.gpu > 1 and resources.gpu != int(resources.gpu):
+        # Ray shares a GPU between trials (a fraction <= 1) or gives whole GPUs, never 1.5 of them
+        raise _fail("resources.gpu", f"a share of one GPU (<= 1) or a whole number of GPUs, got {resources.gpu!r}")
+    if 0 < resources.gpu < 1e-4:
+        raise _fail("resources.gpu", f"Ray counts GPU shares in steps of 0.0001, got {resources.gpu!r}")
     time_budget = data.get("time_budget")
     if time_budget is not None:
         time_budget = _number("time_budget", time_budget, positive=True)
@@ -311,8 +317,10 @@ def parse_spec(data: Any, *, source: str = "spec") -> JobSpec:
     artifacts = data.get("artifacts", True)
     if not isinstance(artifacts, bool):
         raise _fail("artifacts", f"must be true or false, got {artifacts!r}")
+    max_retries = _integer("max_retries", data.get("max_retries", 3), minimum=0)
     return JobSpec(
         artifacts=artifacts,
+        max_retries=max_retries,
         report_interval=report_interval,
         study=study.strip(),
         task=task,

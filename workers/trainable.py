@@ -2,9 +2,12 @@
 
 The only module of ``workers`` that imports Ray. It reports validations (every
 ``eval_every`` outer steps), at most one per ``report_interval`` seconds and
-always the last step, with ``outer_step`` as the time attribute. A divergence or a bad parameter combination is reported as
-a failed result (``diverged`` / ``trial_error``) and the trial ends normally, so
-the driver records the reason and the job goes on.
+always the last step, with ``outer_step`` as the time attribute. A divergence, a bad parameter
+combination or an exception in the task's code is reported as a failed result (``diverged`` /
+``trial_error``, with ``trial_traceback``) and the trial ends normally, so the driver records the
+reason and the job goes on. Nothing the task does raises out of the trainable: an error Tune sees
+is the trial's worker or node going away (a dead node, a killed process), which Tune retries
+(``max_retries``); retrying a bug in the task would only fail again.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import base64
 import math
 import socket
 import time
+import traceback
 from typing import Any
 
 import ray
@@ -52,12 +56,20 @@ def trainable(params: dict[str, Any], *, job: dict[str, Any]) -> None:
     config_values, task_args = split_settings({**job["fixed"], **params})
     objectives = [tuple(o) for o in job["objectives"]]
     base = {"outer_step": 0, "outer_steps": config_values.get("outer_steps", BMOConfig.outer_steps),
-            "node": socket.gethostname(), "ray_node": ray.get_runtime_context().get_node_id()[:12]}
+            "node": socket.gethostname(), "ray_node": ray.get_runtime_context().get_node_id()[:12],
+            "gpus": [str(g) for g in ray.get_gpu_ids()]}  # the (logical) GPUs Ray gave this trial, shared when fractional
+
+    def failed(message: str) -> None:
+        tune.report({**base, **_worst(objectives), "trial_error": message, "trial_traceback": traceback.format_exc()[-4000:]})
+
     try:
         config = BMOConfig.from_dict(config_values)
         problem = make_problem(job["task"], {**job["task_args"], **task_args})
     except (ValueError, TypeError) as e:
-        tune.report({**base, **_worst(objectives), "trial_error": f"invalid settings: {e}"})
+        failed(f"invalid settings: {e}")
+        return
+    except Exception as e:  # the task's own code (an import, a constructor) is broken: fail, never retry
+        failed(f"the task could not be built: {type(e).__name__}: {e}")
         return
 
     interval = job.get("report_interval", 0.0)
@@ -83,6 +95,5 @@ def trainable(params: dict[str, Any], *, job: dict[str, Any]) -> None:
         train(problem, config, report=report)
     except DivergenceError as e:
         tune.report({**base, **_worst(objectives), "outer_step": e.outer_step, "diverged": str(e)})
-    except Exception as e:
-        tune.report({**base, **_worst(objectives), "trial_error": f"{type(e).__name__}: {e}"})
-        raise
+    except Exception as e:  # a bug or a resource error in the task: reported, not raised (Tune would retry it)
+        failed(f"{type(e).__name__}: {e}")

@@ -30,6 +30,13 @@ def test_spec_fields_parse(tmp_path):
     assert spec.multi_objective and spec.time_budget == 60
 
 
+def test_retries_and_gpu_shares(tmp_path):
+    assert load_spec(write_spec(tmp_path)).max_retries == 3  # the default: a lost node costs no trial
+    spec = load_spec(write_spec(tmp_path, max_retries=0, resources={"cpu": 1, "gpu": 0.25}))
+    assert spec.max_retries == 0 and spec.resources.gpu == 0.25
+    assert load_spec(write_spec(tmp_path, resources={"cpu": 2, "gpu": 2})).resources.gpu == 2
+
+
 def test_overrides_apply_dotted_keys(tmp_path):
     spec = load_spec(write_spec(tmp_path), {"fixed.K": 7, "trials": 5, "task_args.m": 20})
     assert spec.fixed["K"] == 7 and spec.trials == 5 and spec.task_args["m"] == 20
@@ -53,6 +60,10 @@ BAD_SPECS = [
                                    "scheduler": {"name": "asha"}}, ["scheduler", "multi-objective"]),
     ("key both fixed and searched", {"fixed": {"mu": 0.1, "K": 4, "outer_steps": 40}}, ["fixed.mu", "also in space"]),
     ("negative gpu", {"resources": {"cpu": 1, "gpu": -1}}, ["resources.gpu", "-1"]),
+    ("more than one GPU, not whole", {"resources": {"cpu": 1, "gpu": 1.5}}, ["resources.gpu", "whole number", "1.5"]),
+    ("GPU share finer than Ray counts", {"resources": {"cpu": 1, "gpu": 0.00001}}, ["resources.gpu", "0.0001"]),
+    ("negative retries", {"max_retries": -1}, ["max_retries", "-1"]),
+    ("retries not a number", {"max_retries": "always"}, ["max_retries", "'always'"]),
 ]
 
 # Spec errors only the task can reveal.
