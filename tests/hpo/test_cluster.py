@@ -1,18 +1,25 @@
-"""Jobs on real multi-node clusters: an error in the task, a worker node that dies mid-job.
+"""Jobs on real multi-node clusters: a dead worker node, placement over nodes, fractional GPUs, autoscaling.
 
 The clusters are ``cluster/local.sh`` (head without CPUs + worker nodes, each its own raylet and
-process group), on free ports and in their own temp directory (``tests/hpo/clusters.py``).
+process group) or a head whose real autoscaler adds nodes on this machine (Ray's fake multi-node
+provider); each on free ports and in its own temp directory (``tests/hpo/clusters.py``). The GPUs
+are logical: Ray schedules by them and hands out ids, torch runs on the CPU.
 """
 
 import subprocess
 import sys
 import textwrap
+from collections import Counter
 
 import optuna
 import pytest
+import yaml
 from optuna.trial import TrialState
 
-from tests.hpo.clusters import LocalCluster, wait_for
+from hpo.driver import autoscaler_node_types, check_resources
+from hpo.errors import ClusterError
+from hpo.spec import load_spec
+from tests.hpo.clusters import FakeAutoscalingCluster, LocalCluster, wait_for
 from tests.hpo.conftest import run_cli, write_spec
 
 pytestmark = pytest.mark.slow
@@ -118,11 +125,11 @@ def test_a_worker_node_that_dies_mid_job_loses_no_trial(tmp_path):
     # The GCS declares a silent node dead after 3 missed health checks 1 s apart (default: 5 of 3 s).
     fast_detection = {"RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "3"}
     with LocalCluster(workers=2, cpus=1, env=fast_detection) as cluster:
-        # No node has a GPU: refused before anything is written.
+        # No node has a GPU and no autoscaler can add one: refused before anything is written.
         gpu_spec = write_spec(tmp_path, name="gpu.yaml", study="gpu", resources={"cpu": 1, "gpu": 1})
         proc = run_cli("run", str(gpu_spec), "--address", cluster.address, cwd=tmp_path, env=cluster.env())
         assert proc.returncode != 0
-        assert "resources.gpu=1 per trial, but the largest node has 0 GPUs" in proc.stderr
+        assert "resources.gpu=1 per trial, but the largest node has 0 GPUs, and the cluster has no autoscaler" in proc.stderr
 
         # 4 trials of a few seconds, 2 at a time on the 2 one-CPU worker nodes; no scheduler (none pruned).
         spec = write_spec(tmp_path, trials=4, concurrency=2, report_interval=0, max_retries=2,
@@ -158,3 +165,80 @@ def test_a_worker_node_that_dies_mid_job_loses_no_trial(tmp_path):
     assert t.value is not None and t.user_attrs["final_step"] == 300
     assert f"trial {t.number}: The actor died because its node has died" in output and "restarting it (retry 1 of 2)" in output
     assert "4/4 finished: 4 complete, 0 pruned, 0 failed" in output
+
+
+def test_trials_spread_over_worker_nodes_and_share_fractional_gpus(tmp_path):
+    with LocalCluster(workers=2, cpus=1, gpus=1) as cluster:
+        # 2 one-CPU nodes, a trial wants 1 CPU, 2 must run at once: one on each node.
+        spread = _gather_spec(tmp_path, tmp_path / "spread", study="spread", task_args={"expect": 2},
+                              trials=4, concurrency=2, resources={"cpu": 1, "gpu": 0})
+        proc = run_cli("run", str(spread), "--address", cluster.address, cwd=tmp_path, env=cluster.env())
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+        trials = _trials(tmp_path, "spread")
+        assert [t.state for t in trials] == [TrialState.COMPLETE] * 4
+        assert len({t.user_attrs["ray_node"] for t in trials}) == 2
+        assert len({t.user_attrs["node"] for t in trials}) == 1  # one machine (hostname), two Ray nodes
+        assert all("gpus" not in t.user_attrs for t in trials)
+
+        # A quarter GPU (and a quarter CPU) each: 8 trials at once fill both nodes, 4 on each one GPU.
+        shared = _gather_spec(tmp_path, tmp_path / "shared", study="shared", task_args={"expect": 8},
+                              trials=8, concurrency=8, resources={"cpu": 0.25, "gpu": 0.25})
+        proc = run_cli("run", str(shared), "--address", cluster.address, cwd=tmp_path, env=cluster.env())
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    trials = _trials(tmp_path, "shared")
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 8, [t.user_attrs.get("fail_reason") for t in trials]
+    assert Counter(t.user_attrs["ray_node"] for t in trials) == Counter({n: 4 for n in {t.user_attrs["ray_node"] for t in trials}})
+    assert len({t.user_attrs["ray_node"] for t in trials}) == 2
+    assert all(t.user_attrs["gpus"] == ["0"] for t in trials)  # each node's one GPU, shared by its 4 trials
+    assert sorted(p.read_text() for p in (tmp_path / "shared").glob("*.in")) == ["0"] * 8  # CUDA_VISIBLE_DEVICES
+    assert all(t.user_attrs["device"] == "cpu" for t in trials)  # logical GPUs: torch sees none (device: auto)
+
+
+def test_a_gpu_job_waits_for_the_autoscaler_to_add_gpu_nodes_from_zero(tmp_path):
+    with FakeAutoscalingCluster({"gpu_worker": {"resources": {"CPU": 2, "GPU": 1}, "max_workers": 1}}) as cluster:
+        spec = write_spec(tmp_path, trials=2, concurrency=2, resources={"cpu": 1, "gpu": 0.5})
+        proc = run_cli("run", str(spec), "--address", cluster.address, cwd=tmp_path, env=cluster.env())
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "The trials wait for the cluster's autoscaler to add a node" in proc.stdout
+    assert "node types seen: ray.head.default" in proc.stdout
+    trials = _trials(tmp_path)
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
+    assert len({t.user_attrs["ray_node"] for t in trials}) == 1 and all(t.user_attrs["gpus"] == ["0"] for t in trials)
+
+
+def test_resources_are_checked_against_the_autoscalers_node_types(tmp_path, ray_address, monkeypatch):
+    # The session's Ray is one machine without an autoscaler.
+    assert autoscaler_node_types() is None
+    spec = load_spec(write_spec(tmp_path, resources={"cpu": 1, "gpu": 1}))
+    with pytest.raises(ClusterError, match="has no autoscaler"):
+        check_resources(spec, out=lambda line: None)
+    # One trial's CPUs and GPUs must be on one node: a big CPU node beside a small GPU node is not enough.
+    import ray
+
+    nodes = [{"Alive": True, "Resources": {"CPU": 8.0}}, {"Alive": True, "Resources": {"CPU": 1.0, "GPU": 1.0}}]
+    monkeypatch.setattr(ray, "nodes", lambda: nodes)
+    check_resources(load_spec(write_spec(tmp_path, resources={"cpu": 1, "gpu": 0.5})), out=lambda line: None)
+    with pytest.raises(ClusterError, match="4 CPUs and 1 GPUs per trial, but no node has both"):
+        check_resources(load_spec(write_spec(tmp_path, resources={"cpu": 4, "gpu": 1})), out=lambda line: None)
+    monkeypatch.undo()
+
+    # On the head of a `ray up` cluster: its bootstrap config names the node types the autoscaler adds.
+    bootstrap = tmp_path / "ray_bootstrap_config.yaml"
+    bootstrap.write_text(yaml.safe_dump({
+        "max_workers": 4, "head_node_type": "head",
+        "available_node_types": {
+            "head": {"resources": {"CPU": 0}, "max_workers": 0},
+            "cpu": {"resources": {"CPU": 8}, "min_workers": 0, "max_workers": 2},
+            "gpu": {"resources": {"CPU": 4, "GPU": 1}, "min_workers": 0, "max_workers": 4},
+            "off": {"resources": {"CPU": 4, "GPU": 8}, "max_workers": 0},
+        },
+    }))
+    monkeypatch.setattr("hpo.driver.BOOTSTRAP_CONFIG", bootstrap)
+    source, types = autoscaler_node_types()
+    assert source == str(bootstrap) and types == {"cpu": {"CPU": 8}, "gpu": {"CPU": 4, "GPU": 1}}
+    lines = []
+    check_resources(spec, out=lines.append)
+    assert lines == ["no node has 1 CPUs and 1 GPUs for a trial yet: the trials wait for the autoscaler to add a 'gpu' node"]
+    for resources, words in [({"cpu": 1, "gpu": 2}, "resources.gpu=2"), ({"cpu": 16, "gpu": 0}, "resources.cpu=16")]:
+        with pytest.raises(ClusterError, match=f"{words} per trial.*none of the autoscaler's node types \\(cpu, gpu\\) has it"):
+            check_resources(load_spec(write_spec(tmp_path, resources=resources)), out=lines.append)
