@@ -16,13 +16,17 @@ CASES = [
                        "width": 4, "depth": 3})
     for op in ("pnp_lipschitz", "pnp_free") for kernel in ("gaussian", "motion")
 ] + [
-    ("derain", {"operator": op, "size": 32, "patch": 16, "batch_size": 2, "width": 4, "depth": 3})
-    for op in ("lipschitz", "free")
+    ("deconvolution", {"operator": op, "scheme": "hqs", "kernel_size": 9, "size": 32, "patch": 16, "batch_size": 2,
+                       "width": 4, "depth": 3, "step": 3.0})
+    for op in ("pnp_lipschitz", "pnp_free")
+] + [
+    ("derain", {"operator": op, "model": model, "size": 32, "patch": 16, "batch_size": 2, "width": 4, "depth": 3})
+    for op in ("lipschitz", "free") for model in ("prox", "pair")
 ]
 
 
 def _ids(case):
-    return "-".join([case[0], case[1].get("operator", ""), case[1].get("kernel", "")]).rstrip("-")
+    return "-".join(filter(None, [case[0], case[1].get("operator"), case[1].get("scheme"), case[1].get("model"), case[1].get("kernel")]))
 
 
 @pytest.fixture(params=CASES, ids=_ids)

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from workers import BMOConfig, evaluate, make_problem, train
-from workers.operators import LipschitzDenoiser
+from workers.operators import LipschitzDenoiser, directional_derain
+from workers.operators.denoisers import max_min
 from workers.tasks.deconvolution import psnr, ssim
 
 
@@ -37,6 +38,69 @@ def test_derain_data_adds_rain_to_clean_images():
         assert torch.allclose(batch.y, batch.x + batch.rain)
         assert float(batch.rain.min()) >= 0 and float(batch.rain.mean()) > 0.005
     assert [b.names[0] for b in problem.batches("test")] == ["camera", "astronaut", "coffee"]
+
+
+def test_hqs_data_step_is_the_prox_of_the_data_term():
+    """p = prox_τf(u) for f = ½‖Au - y‖² solves (p - u)/τ + Aᵀ(Ap - y) = 0."""
+    problem = make_problem("deconvolution", {"scheme": "hqs", "step": 4.0, "size": 32, "patch": 32, "kernel_size": 9,
+                                             "dtype": "float64"})
+    (batch,) = list(problem.batches("val"))
+    u = torch.rand(batch.y.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    with torch.no_grad():
+        p = problem.data_step(u, batch)
+        tau = problem.step_size()
+        stationarity = (p - u) / tau + problem.blur.adjoint(problem.blur(p) - batch.y)
+    assert float(tau) * problem.L == pytest.approx(4.0)
+    assert float(stationarity.abs().max()) < 1e-10
+
+
+def test_deconvolution_schemes_check_their_arguments():
+    with pytest.raises(ValueError, match="scheme must be one of fb, hqs"):
+        make_problem("deconvolution", {"scheme": "admm", "size": 32, "patch": 32, "kernel_size": 9})
+    with pytest.raises(ValueError, match="needs boundary='circular'"):
+        make_problem("deconvolution", {"scheme": "hqs", "boundary": "zero", "size": 32, "patch": 32, "kernel_size": 9})
+    with pytest.raises(ValueError, match=r"step \(τ·L\) must be in \(0, 2\) for scheme='fb'"):
+        make_problem("deconvolution", {"scheme": "fb", "step": 3.0, "size": 32, "patch": 32, "kernel_size": 9})
+    make_problem("deconvolution", {"scheme": "hqs", "step": 3.0, "size": 32, "patch": 32, "kernel_size": 9})
+
+
+def test_max_min_permutes_each_pair_so_it_keeps_norms_and_is_1_lipschitz():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 5, 8, 8, generator=g, dtype=torch.float64)  # odd channel count: the last passes through
+    y = x + 0.3 * torch.randn(x.shape, generator=g, dtype=torch.float64)
+    out = max_min(x)
+    assert torch.equal(out[:, 4], x[:, 4])
+    assert torch.equal(out[:, :2], torch.maximum(x[:, :2], x[:, 2:4]))
+    assert torch.allclose(torch.linalg.vector_norm(out), torch.linalg.vector_norm(x))
+    assert float(torch.linalg.vector_norm(max_min(x) - max_min(y))) <= float(torch.linalg.vector_norm(x - y))
+
+
+def test_derain_starts_from_the_filter_or_from_the_input():
+    made = {(model, init): make_problem("derain", {"size": 32, "patch": 16, "model": model, "init": init})
+            for model in ("prox", "pair") for init in ("filter", "rainy")}
+    (batch, *_) = list(made["prox", "filter"].batches("val"))
+    filtered = directional_derain(batch.y)
+    assert torch.allclose(made["prox", "filter"].init(batch), filtered)
+    assert torch.equal(made["prox", "rainy"].init(batch), batch.y)
+    u = made["pair", "filter"].init(batch)
+    assert torch.allclose(u[:, :1], filtered) and torch.allclose(u[:, :1] + u[:, 1:], batch.y)
+    assert torch.equal(made["pair", "rainy"].init(batch), torch.cat((batch.y, torch.zeros_like(batch.y)), dim=1))
+    with pytest.raises(ValueError, match="init must be one of filter, rainy"):
+        make_problem("derain", {"size": 32, "patch": 16, "init": "zeros"})
+    with pytest.raises(ValueError, match="model must be one of prox, pair"):
+        make_problem("derain", {"size": 32, "patch": 16, "model": "joint"})
+
+
+def test_derain_prox_step_is_the_prox_of_the_rain_term():
+    """min(v + c, O) = argmin_B ½‖B - v‖² + c·Σ(O - B) subject to B ≤ O, checked against a grid search per pixel."""
+    problem = make_problem("derain", {"size": 32, "patch": 16, "dtype": "float64"})
+    c = float(problem.offset())
+    o, v = torch.tensor([0.5, 0.5, 0.5, 0.2]), torch.tensor([0.1, 0.49, 0.9, 0.3])
+    grid = torch.linspace(-1, 1, 200_001)
+    for oi, vi in zip(o, v):
+        objective = 0.5 * (grid - vi) ** 2 + c * (oi - grid)
+        objective[grid > oi] = float("inf")
+        assert float(grid[objective.argmin()]) == pytest.approx(float(torch.minimum(vi + c, oi)), abs=2e-5)
 
 
 def test_lipschitz_denoiser_stays_nonexpansive_while_its_weights_are_pushed():

@@ -1,11 +1,19 @@
 """Image deconvolution y = k * x + n with a learned plug-and-play forward-backward operator.
 
-T(u) = Proj_[0,1](D_ω(u - τ Aᵀ(Au - y))), τ = (2/L)·sigmoid(t) ∈ (0, 2/L) learned, D_ω a
-small CNN denoiser:
+Two splittings (``scheme``), each with a learned step τ and a small CNN denoiser D_ω:
+
+- ``"fb"`` (forward-backward): T(u) = Proj_[0,1](D_ω(u - τ Aᵀ(Au - y))), τ = (2/L)·sigmoid(t)
+  ∈ (0, 2/L);
+- ``"hqs"`` (half-quadratic splitting): T(u) = Proj_[0,1](D_ω(prox_τf(u))), f = ½‖Au - y‖²,
+  prox_τf(u) = (AᵀA + I/τ)⁻¹(Aᵀy + u/τ) in closed form by FFT (circular boundary only),
+  τ = exp(t) > 0. The prox is firmly nonexpansive for every τ, and it restores the
+  frequencies the blur attenuates in one step where the gradient step needs many.
+
+Denoisers (``operator``):
 
 - ``operator="pnp_lipschitz"``: D averaged with a spectrally normalised (1-Lipschitz) CNN,
-  so the gradient step (τ < 2/L), D and the clamp are all nonexpansive and so is T (BMO's
-  assumption);
+  so the data step (gradient step with τ < 2/L, or the prox), D and the clamp are all
+  nonexpansive and so is T (BMO's assumption);
 - ``operator="pnp_free"``: D = I - R with R an unconstrained CNN (what ENA unrolls).
 
 Data: scikit-image's grayscale images (``workers.data``): training on random patches with a
@@ -29,6 +37,7 @@ from workers.operators.denoisers import LipschitzDenoiser, ResidualDenoiser
 from workers.problem import Problem
 
 OPERATORS = ("pnp_lipschitz", "pnp_free")
+SCHEMES = ("fb", "hqs")
 KERNELS = ("gaussian", "motion")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -71,6 +80,7 @@ class Deconvolution(Problem):
         patch: int = 48,
         batch_size: int = 8,
         operator: str = "pnp_lipschitz",
+        scheme: str = "fb",
         width: int = 24,
         depth: int = 5,
         step: float = 1.0,
@@ -83,12 +93,16 @@ class Deconvolution(Problem):
             raise ValueError(f"deconvolution: kernel must be one of {', '.join(KERNELS)}, got kernel={kernel!r}")
         if operator not in OPERATORS:
             raise ValueError(f"deconvolution: operator must be one of {', '.join(OPERATORS)}, got operator={operator!r}")
+        if scheme not in SCHEMES:
+            raise ValueError(f"deconvolution: scheme must be one of {', '.join(SCHEMES)}, got scheme={scheme!r}")
+        if scheme == "hqs" and boundary != "circular":
+            raise ValueError(f"deconvolution: scheme='hqs' needs boundary='circular' (its prox is solved by FFT), got boundary={boundary!r}")
         if dtype not in DTYPES:
             raise ValueError(f"deconvolution: dtype must be one of {', '.join(DTYPES)}, got dtype={dtype!r}")
         if not (isinstance(noise, (int, float)) and 0 <= noise < 1):
             raise ValueError(f"deconvolution: noise must be in [0, 1), got noise={noise!r}")
-        if not (isinstance(step, (int, float)) and 0 < step < 2):
-            raise ValueError(f"deconvolution: step (τ·L) must be in (0, 2), got step={step!r}")
+        if not (isinstance(step, (int, float)) and 0 < step and (step < 2 or scheme == "hqs")):
+            raise ValueError(f"deconvolution: step (τ·L) must be in (0, 2) for scheme='fb' and > 0 for 'hqs', got step={step!r}")
         for name, value in (("kernel_size", kernel_size), ("size", size), ("patch", patch), ("batch_size", batch_size)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"deconvolution: {name} must be a positive integer, got {name}={value!r}")
@@ -100,10 +114,12 @@ class Deconvolution(Problem):
         k = gaussian_kernel(kernel_size, blur_sigma) if kernel == "gaussian" else motion_kernel(kernel_size, seed=seed)
         self.blur = Blur(k.to(dt), boundary=boundary)
         self.noise, self.size, self.patch, self.batch_size, self.seed = float(noise), size, patch, batch_size, seed
-        self.operator_name = operator
+        self.operator_name, self.scheme = operator, scheme
         self.nonexpansive = operator == "pnp_lipschitz"
         self.L = float(self.blur.lipschitz())
-        self.step_logit = nn.Parameter(torch.tensor(math.log(step / (2 - step)), dtype=dt))
+        # fb: τ = (2/L)·sigmoid(t); hqs: τ = exp(t)/L
+        t = math.log(step / (2 - step)) if scheme == "fb" else math.log(step)
+        self.step_logit = nn.Parameter(torch.tensor(t, dtype=dt))
         if operator == "pnp_lipschitz":
             self.denoiser = LipschitzDenoiser(width=width, depth=depth, seed=seed).to(dt)
         else:
@@ -139,8 +155,18 @@ class Deconvolution(Problem):
     # the fixed-point problem ----------------------------------------------------------------
 
     def step_size(self) -> Tensor:
-        """τ = (2/L)·sigmoid(t): always inside (0, 2/L), where the gradient step is averaged."""
-        return 2.0 / self.L * torch.sigmoid(self.step_logit)
+        """τ: (2/L)·sigmoid(t) for fb (inside (0, 2/L), where the gradient step is averaged);
+        exp(t)/L for hqs (any τ > 0 keeps the prox firmly nonexpansive)."""
+        if self.scheme == "fb":
+            return 2.0 / self.L * torch.sigmoid(self.step_logit)
+        return torch.exp(self.step_logit) / self.L
+
+    def data_step(self, u: Tensor, batch: ImageBatch) -> Tensor:
+        """The data-fidelity half of T: a gradient step (fb) or the prox of τ·½‖Au - y‖² (hqs)."""
+        tau = self.step_size()
+        if self.scheme == "fb":
+            return u - tau * self.blur.adjoint(self.blur(u) - batch.y)
+        return self.blur.normal_solve(self.blur.adjoint(batch.y) + u / tau, 1.0 / tau)
 
     def init(self, batch: ImageBatch) -> Tensor:
         """The Wiener estimate (regularization 100·noise², at least 1e-3), clamped: a cheap, good start
@@ -150,8 +176,7 @@ class Deconvolution(Problem):
         return wiener(batch.y, self.blur, max(1e-3, 100.0 * self.noise**2)).clamp(0.0, 1.0)
 
     def operator(self, u: Tensor, batch: ImageBatch, k: int) -> Tensor:
-        z = u - self.step_size() * self.blur.adjoint(self.blur(u) - batch.y)
-        return self.project(self.denoiser(z), batch)
+        return self.project(self.denoiser(self.data_step(u, batch)), batch)
 
     def project(self, u: Tensor, batch: ImageBatch) -> Tensor:
         return u.clamp(0.0, 1.0)

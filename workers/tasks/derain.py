@@ -1,15 +1,28 @@
-"""Rain streak removal O = B + R as a fixed point over the pair (background B, rain R).
+"""Rain streak removal O = B + R (background B, rain R ≥ 0) as a fixed point, two models:
 
+``model="prox"`` (a fixed point in B alone): plug-and-play proximal gradient on
+min_B g(B) + c·‖O - B‖₁ subject to B ≤ O (rain only adds brightness and is sparse):
+T(B) = Proj(D_ω(min(B + c, O))), where min(B + c, O) is that data term's prox (firmly
+nonexpansive), c = softplus(t) ≥ 0 learned, and D_ω the learned denoiser for g. With D
+1-Lipschitz (``operator="lipschitz"``) T is nonexpansive; the rain estimate is O - B. The data
+term anchors the fixed point to O: with D the identity it is B = O.
+
+``model="pair"`` (a fixed point over the pair (B, R)):
 T(B, R) = Proj(½(B, R) + ½(D_ω(O - R), S_ω(O - B))): the background is pulled toward the
 denoised rest once the rain is taken out, the rain toward the streak-filtered rest once the
 background is taken out. (B, R) ↦ (O - R, O - B) is an isometry, so with D and S 1-Lipschitz
 (``operator="lipschitz"``: spectrally normalised averaged CNNs) the swap is nonexpansive in the
 product norm and T, its average with the identity, is averaged: plain iteration converges.
-``operator="free"`` uses unconstrained residual CNNs (the ENA form).
+``operator="free"`` uses unconstrained residual CNNs (the ENA form). The solve starts from
+the classical directional filter's split (``init="filter"``: B = ``directional_derain(O)``,
+R = O - B), as deconvolution starts from Wiener, or from the input (``init="rainy"``: B = O,
+R = 0).
 
 Data: seeded synthetic rain (``workers.operators.rain``: oriented streak layers of varied
 density, length and angle) added to scikit-image's grayscale images, the splits of
-``workers.data``. ℓ = ½‖B - x‖² + ½‖R - r‖²; metrics ``psnr`` and ``ssim`` of B.
+``workers.data``. ℓ = ½‖B - x‖² + ½‖R - r‖² ("pair") or ½‖B - x‖² ("prox": with R = O - B the rain term is
+the same number again); metrics
+``psnr`` and ``ssim`` of B.
 """
 
 from __future__ import annotations
@@ -18,15 +31,18 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 from workers.data import random_patches, split_images
 from workers.operators.denoisers import LipschitzDenoiser, ResidualDenoiser
-from workers.operators.rain import add_rain
+from workers.operators.rain import add_rain, directional_derain
 from workers.problem import Problem
 from workers.tasks.deconvolution import psnr, ssim
 
 OPERATORS = ("lipschitz", "free")
+INITS = ("filter", "rainy")
+MODELS = ("prox", "pair")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
@@ -52,12 +68,18 @@ class Derain(Problem):
         width: int = 24,
         depth: int = 5,
         density: float = 0.006,
+        init: str = "filter",
+        model: str = "prox",
         seed: int = 0,
         dtype: str = "float32",
     ):
         super().__init__()
         if operator not in OPERATORS:
             raise ValueError(f"derain: operator must be one of {', '.join(OPERATORS)}, got operator={operator!r}")
+        if model not in MODELS:
+            raise ValueError(f"derain: model must be one of {', '.join(MODELS)}, got model={model!r}")
+        if init not in INITS:
+            raise ValueError(f"derain: init must be one of {', '.join(INITS)}, got init={init!r}")
         if dtype not in DTYPES:
             raise ValueError(f"derain: dtype must be one of {', '.join(DTYPES)}, got dtype={dtype!r}")
         for name, value in (("size", size), ("patch", patch), ("batch_size", batch_size)):
@@ -67,13 +89,16 @@ class Derain(Problem):
             raise ValueError(f"derain: patch must be <= size, got patch={patch}, size={size}")
         dt = DTYPES[dtype]
         self.size, self.patch, self.batch_size, self.seed = size, patch, batch_size, seed
-        self.density = density
+        self.density, self.init_name, self.model = density, init, model
         self.operator_name = operator
         self.nonexpansive = operator == "lipschitz"
         make = (lambda s: LipschitzDenoiser(width=width, depth=depth, seed=s)) if operator == "lipschitz" else (
             lambda s: ResidualDenoiser(width=width, depth=depth, seed=s))
         self.background = make(seed).to(dt)
-        self.streaks = make(seed + 1).to(dt)
+        if model == "pair":
+            self.streaks = make(seed + 1).to(dt)
+        else:
+            self.offset_logit = nn.Parameter(torch.tensor(-4.0, dtype=dt))  # c = softplus(-4) ≈ 0.018
         self._train_images = [im for _, im in split_images("train", size, dt)]
         self._fixed = {split: self._rain_split(split, dt) for split in ("val", "test")}
 
@@ -109,12 +134,25 @@ class Derain(Problem):
     # the fixed-point problem ------------------------------------------------------------------
 
     def init(self, batch: RainBatch) -> Tensor:
-        return torch.cat((batch.y, torch.zeros_like(batch.y)), dim=1)  # B = O, R = 0
+        if self.init_name == "rainy":
+            background = batch.y
+        else:
+            with torch.no_grad():
+                background = directional_derain(batch.y)
+        if self.model == "prox":
+            return background
+        return torch.cat((background, batch.y - background), dim=1)
 
     def estimate(self, u: Tensor) -> Tensor:
         return u[:, :1]
 
+    def offset(self) -> Tensor:
+        """c ≥ 0: the weight of the rain's ℓ1 term in the "prox" model."""
+        return F.softplus(self.offset_logit)
+
     def operator(self, u: Tensor, batch: RainBatch, k: int) -> Tensor:
+        if self.model == "prox":
+            return self.background(torch.minimum(u + self.offset(), batch.y)).clamp(0.0, 1.0)
         b, r = u[:, :1], u[:, 1:]
         swap = torch.cat((self.background(batch.y - r), self.streaks(batch.y - b)), dim=1)
         # Averaged with the identity: a nonexpansive map with this swap structure can rotate forever
@@ -124,12 +162,14 @@ class Derain(Problem):
     def project(self, u: Tensor, batch: RainBatch) -> Tensor:
         return u.clamp(0.0, 1.0)
 
+    def _target(self, batch: RainBatch) -> Tensor:
+        return batch.x if self.model == "prox" else torch.cat((batch.x, batch.rain), dim=1)
+
     def upper_loss(self, u: Tensor, batch: RainBatch) -> Tensor:
-        target = torch.cat((batch.x, batch.rain), dim=1)
-        return 0.5 * ((u - target) ** 2).flatten(1).sum(1).mean()
+        return 0.5 * ((u - self._target(batch)) ** 2).flatten(1).sum(1).mean()
 
     def upper_grad(self, u: Tensor, batch: RainBatch) -> Tensor:
-        return u - torch.cat((batch.x, batch.rain), dim=1)
+        return u - self._target(batch)
 
     def metrics(self, u: Tensor, batch: RainBatch) -> dict[str, float]:
         b = self.estimate(u.detach())
