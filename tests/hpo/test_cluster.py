@@ -6,6 +6,8 @@ provider); each on free ports and in its own temp directory (``tests/hpo/cluster
 are logical: Ray schedules by them and hands out ids, torch runs on the CPU.
 """
 
+import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -26,8 +28,9 @@ pytestmark = pytest.mark.slow
 
 # A problem that checks in when its training starts and waits (up to `wait` s) until `expect` trials
 # have checked in, so a trial only completes if that many ran at the same time. Each check-in
-# records the CUDA_VISIBLE_DEVICES Ray gave the trial. `crash` raises in the operator once training
-# has started instead, and counts the starts.
+# records the CUDA_VISIBLE_DEVICES Ray gave the trial (the file is named after the trial's process
+# id). `hold` then waits for a `release` file. `crash` raises in the operator once training has
+# started instead, and counts the starts.
 GATHER = '''
 import os
 import time
@@ -45,10 +48,11 @@ class B:
 
 
 class Gather(Problem):
-    def __init__(self, log: str = "", expect: int = 1, wait: float = 90.0, crash: bool = False, t0: float = 0.5):
+    def __init__(self, log: str = "", expect: int = 1, wait: float = 90.0, crash: bool = False, hold: bool = False,
+                 t0: float = 0.5):
         super().__init__()
         self.t = torch.nn.Parameter(torch.tensor(t0))
-        self.log, self.expect, self.wait, self.crash = Path(log), expect, wait, crash
+        self.log, self.expect, self.wait, self.crash, self.hold = Path(log), expect, wait, crash, hold
         self.training = False
         g = torch.Generator().manual_seed(0)
         self.data = B(torch.randn(8, 4, generator=g), torch.randn(8, 4, generator=g))
@@ -67,6 +71,8 @@ class Gather(Problem):
             if time.monotonic() > deadline:
                 raise RuntimeError(f"only {len(list(self.log.glob('*.in')))} of {self.expect} trials ran at once")
             time.sleep(0.1)
+        while self.hold and not (self.log / "release").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)  # held until the test lets go (it may kill this process first)
 
     def init(self, batch):
         return torch.zeros_like(batch.y)
@@ -119,6 +125,30 @@ def test_an_error_in_the_task_fails_its_trial_at_once_and_is_never_retried(tmp_p
         assert "gather.py" in t.user_attrs["traceback"] and "retries" not in t.user_attrs
     assert len((log / "started.txt").read_text().split()) == 2  # each trial trained once: no retry
     assert "restarting" not in proc.stdout
+
+
+@pytest.mark.parametrize("retries", [1, 0])
+def test_a_killed_trial_process_is_restarted_or_fails_once_retries_are_used_up(tmp_path, ray_address, retries):
+    log = tmp_path / "log"
+    spec = _gather_spec(tmp_path, log, task_args={"hold": True}, trials=1, concurrency=1, max_retries=retries)
+    driver = subprocess.Popen([sys.executable, "-m", "hpo.cli", "run", str(spec), "--address", ray_address],
+                              cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        (checked_in,) = wait_for(lambda: list(log.glob("*.in")), 120, what="the trial's start")
+        os.kill(int(checked_in.name.split("-")[0]), signal.SIGKILL)  # the trial's worker process, mid-trial
+        (log / "release").touch()
+        output = driver.communicate(timeout=300)[0]
+    finally:
+        driver.kill()
+    (trial,) = _trials(tmp_path)  # one Optuna trial either way: never a FAIL plus a copy
+    if retries:
+        assert driver.returncode == 0 and trial.state == TrialState.COMPLETE, output[-3000:]
+        assert trial.user_attrs["retries"] == 1 and len(list(log.glob("*.in"))) == 2  # started again, in a new process
+        assert f"trial 0: {trial.user_attrs['retry_reasons'][0]}; restarting it (retry 1 of 1)" in output
+    else:
+        assert driver.returncode == 1 and trial.state == TrialState.FAIL, output[-3000:]
+        assert trial.user_attrs["fail_reason"].startswith("its Ray worker was lost 1 time(s) (max_retries: 0); last: ")
+        assert "restarting" not in output and len(list(log.glob("*.in"))) == 1
 
 
 def test_a_worker_node_that_dies_mid_job_loses_no_trial(tmp_path):
