@@ -13,13 +13,17 @@ SSIM per image for:
      the validation split by Optuna (TPE, seed 0, lam log-uniform in [1e-4, 1e-1], objective
      validation PSNR): TV with its weight tuned by Optuna, the UNH view;
    - ``ena``: operator ``pnp_free`` (unconstrained residual CNN), mu=0, unrolled end to end;
-   - ``bmo``: operator ``pnp_lipschitz`` (1-Lipschitz averaged CNN), mu=0.1, unrolled;
+   - ``bmo``: operator ``pnp_lipschitz`` (1-Lipschitz averaged CNN, MaxMin activations), mu=0.1,
+     unrolled;
    - ``bmo_restart``: ``pnp_lipschitz``, mu=0.1, ``hypergrad="jfb"``, ``restarts=2``
      (trained at equilibrium, "Restarted contractive operators to learn at equilibrium").
 
-   Wiener and TV outputs are clamped to [0, 1] (the learned solvers project onto it too).
+   Every learned method uses the same splitting (``--scheme``, default ``hqs``: the data
+   term's prox by FFT, then the denoiser) and starts from the Wiener estimate. Wiener and TV
+   outputs are clamped to [0, 1] (the learned solvers project onto it too).
 2. Deraining (synthetic streaks, size 128): ``rainy`` (the input), ``filter``
-   (``directional_derain``), ``ena`` (operator ``free``, mu=0) and ``bmo`` (``lipschitz``, mu=0.1).
+   (``directional_derain``), ``ena`` (operator ``free``, mu=0) and ``bmo`` (``lipschitz``, mu=0.1),
+   both with the task's ``prox`` model started from the filter's output.
 
 Learned methods: K=8 inner steps, Adam with gamma=2e-3, CNN width 16 and depth 4, batches
 of 8 patches of 40x40, trained for a wall-clock budget (``--minutes`` per method: 3 on CPU,
@@ -41,7 +45,7 @@ are keyed by method, then by noise level ("0.01", "0.03"); in ``derain.json`` by
 
 Run (about 40 minutes on 2 CPU cores with the defaults):
 
-    python benchmarks/imaging.py [--tasks deconvolution,derain] [--minutes M] [--size N] [--mu MU]
+    python benchmarks/imaging.py [--tasks deconvolution,derain] [--minutes M] [--size N] [--mu MU] [--scheme S]
                                  [--out-dir DIR] [--quick]
 
 ``--quick`` is a smoke run (size 48, patches 24, 20 outer steps, 2 TV trials, 1% noise only;
@@ -218,7 +222,7 @@ def run_deconvolution(args) -> dict:
     for noise in args.noises:
         key = str(noise)
         task_args = {**BLUR, "noise": noise, "size": args.size, "patch": deconv_patch(args), "batch_size": args.batch_size,
-                     "width": args.width, "depth": args.depth}
+                     "width": args.width, "depth": args.depth, "scheme": args.scheme}
         base = make_problem("deconvolution", task_args).to(args.device)
         blur = base.blur
         found = {"blurred": {"scores": score_images(base, lambda b: b.y), "train_seconds": 0.0}}
@@ -247,7 +251,7 @@ def run_deconvolution(args) -> dict:
 
 def run_derain(args) -> dict:
     task_args = {"size": args.size, "patch": args.patch, "batch_size": args.batch_size, "width": args.width,
-                 "depth": args.depth}
+                 "depth": args.depth, "model": "prox", "init": "filter"}
     base = make_problem("derain", task_args).to(args.device)
     methods = {"rainy": {"scores": score_images(base, lambda b: b.y), "train_seconds": 0.0},
                "filter": {"scores": score_images(base, lambda b: directional_derain(b.y)), "train_seconds": 0.0,
@@ -488,12 +492,14 @@ def run_config(args, task: str) -> dict:
     }
     if task == "deconvolution":
         config.update({"patch": deconv_patch(args), "noises": list(args.noises), "blur": BLUR, "boundary": "circular",
+                       "scheme": args.scheme, "init": "wiener",
                        "wiener": {"reg_grid": list(WIENER_GRID), "tuned_on": "val", "output": "clamped to [0, 1]"},
                        "tv": {"lam_range": list(TV_LAM), "log": True, "trials": args.tv_trials, "iters": TV_ITERS,
                               "sampler": "TPESampler(seed=0)", "objective": "val PSNR", "output": "clamped to [0, 1]"},
                        "blurred": "the observation y, unclamped", "margins_db": {str(k): v for k, v in MARGINS.items()}})
     else:
-        config.update({"filter": "directional_derain(y) (angle from the structure tensor, size 7)",
+        config.update({"model": "prox", "init": "filter",
+                       "filter": "directional_derain(y) (angle from the structure tensor, size 7)",
                        "rainy": "the input y"})
     return config
 
@@ -504,6 +510,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--minutes", type=float, default=None, help="training minutes per learned method (default 3 on CPU, 10 on CUDA)")
     parser.add_argument("--size", type=int, default=None, help="image size (default 128; 48 with --quick)")
     parser.add_argument("--mu", type=float, default=0.1, help="BMO's mu (default 0.1)")
+    parser.add_argument("--scheme", choices=("hqs", "fb"), default="hqs", help="deconvolution splitting of every learned method (default hqs)")
     parser.add_argument("--patch", type=int, default=None, help="training patch size (default 40; 24 with --quick)")
     parser.add_argument("--batch-size", type=int, default=8, help="training patches per step (default 8)")
     parser.add_argument("--width", type=int, default=16, help="CNN channels (default 16)")

@@ -9,6 +9,7 @@ from workers import BMOConfig, evaluate, make_problem, train
 from workers.operators import LipschitzDenoiser, directional_derain
 from workers.operators.denoisers import max_min
 from workers.tasks.deconvolution import psnr, ssim
+from workers.tasks.derain import RainBatch
 
 
 def test_psnr_and_ssim_on_known_values():
@@ -91,16 +92,34 @@ def test_derain_starts_from_the_filter_or_from_the_input():
         make_problem("derain", {"size": 32, "patch": 16, "model": "joint"})
 
 
-def test_derain_prox_step_is_the_prox_of_the_rain_term():
-    """min(v + c, O) = argmin_B ½‖B - v‖² + c·Σ(O - B) subject to B ≤ O, checked against a grid search per pixel."""
-    problem = make_problem("derain", {"size": 32, "patch": 16, "dtype": "float64"})
-    c = float(problem.offset())
-    o, v = torch.tensor([0.5, 0.5, 0.5, 0.2]), torch.tensor([0.1, 0.49, 0.9, 0.3])
-    grid = torch.linspace(-1, 1, 200_001)
-    for oi, vi in zip(o, v):
-        objective = 0.5 * (grid - vi) ** 2 + c * (oi - grid)
+@pytest.mark.parametrize("anchor", [0.0, 0.1, 2.0])
+def test_derain_data_prox_is_the_prox_of_its_data_term(anchor):
+    """prox_f(v) = argmin_B ½(B - v)² + c·(O - B) + (λ/2)(B - F)² subject to B ≤ O, per pixel, by grid search."""
+    problem = make_problem("derain", {"size": 32, "patch": 16, "anchor": anchor, "dtype": "float64"})
+    c, lam = float(problem.offset()), float(problem.anchor())
+    assert lam == pytest.approx(anchor)
+    o, v, f = (torch.tensor(t, dtype=torch.float64) for t in ([0.5, 0.5, 0.5, 0.2], [0.1, 0.49, 0.9, 0.3], [0.3, 0.6, 0.1, 0.2]))
+    batch = RainBatch(y=o.view(1, 1, 2, 2), x=o.view(1, 1, 2, 2), rain=torch.zeros(1, 1, 2, 2, dtype=torch.float64),
+                      filtered=f.view(1, 1, 2, 2))
+    with torch.no_grad():
+        got = problem.data_prox(v.view(1, 1, 2, 2), batch).flatten()
+    grid = torch.linspace(-1, 1, 200_001, dtype=torch.float64)
+    for oi, vi, fi, gi in zip(o, v, f, got):
+        objective = 0.5 * (grid - vi) ** 2 + c * (oi - grid) + 0.5 * lam * (grid - fi) ** 2
         objective[grid > oi] = float("inf")
-        assert float(grid[objective.argmin()]) == pytest.approx(float(torch.minimum(vi + c, oi)), abs=2e-5)
+        assert float(grid[objective.argmin()]) == pytest.approx(float(gi), abs=2e-5)
+
+
+def test_anchored_derain_operator_is_a_contraction():
+    problem = make_problem("derain", {"size": 32, "patch": 16, "anchor": 0.5, "width": 4, "depth": 3, "dtype": "float64"})
+    (batch, *_) = list(problem.batches("val"))
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for _ in range(10):
+            a = torch.rand(batch.y.shape, generator=g, dtype=torch.float64)
+            b = torch.rand(batch.y.shape, generator=g, dtype=torch.float64)
+            ratio = torch.linalg.vector_norm(problem.operator(a, batch, 0) - problem.operator(b, batch, 0)) / torch.linalg.vector_norm(a - b)
+            assert float(ratio) <= 1 / 1.5 + 1e-9
 
 
 def test_lipschitz_denoiser_stays_nonexpansive_while_its_weights_are_pushed():

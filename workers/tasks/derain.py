@@ -1,11 +1,13 @@
 """Rain streak removal O = B + R (background B, rain R ≥ 0) as a fixed point, two models:
 
 ``model="prox"`` (a fixed point in B alone): plug-and-play proximal gradient on
-min_B g(B) + c·‖O - B‖₁ subject to B ≤ O (rain only adds brightness and is sparse):
-T(B) = Proj(D_ω(min(B + c, O))), where min(B + c, O) is that data term's prox (firmly
-nonexpansive), c = softplus(t) ≥ 0 learned, and D_ω the learned denoiser for g. With D
-1-Lipschitz (``operator="lipschitz"``) T is nonexpansive; the rain estimate is O - B. The data
-term anchors the fixed point to O: with D the identity it is B = O.
+min_B g(B) + f(B), f(B) = c·‖O - B‖₁ + (λ/2)‖B - F‖² subject to B ≤ O (rain only adds
+brightness and is sparse; F = ``directional_derain(O)``, the classical estimate, anchors it):
+T(B) = Proj(D_ω(prox_f(B))), prox_f(B) = min((B + c + λF)/(1 + λ), O), with c, λ ≥ 0 learned
+(softplus) and D_ω the learned denoiser for g. prox_f is 1/(1 + λ)-Lipschitz, so with D
+1-Lipschitz (``operator="lipschitz"``) T is a contraction: one fixed point, reached at a
+linear rate from any start (without the anchor, ``anchor=0``, the +c drift toward O is held
+back by D alone and the iterates drift past K). The rain estimate is O - B.
 
 ``model="pair"`` (a fixed point over the pair (B, R)):
 T(B, R) = Proj(½(B, R) + ½(D_ω(O - R), S_ω(O - B))): the background is pulled toward the
@@ -54,6 +56,7 @@ class RainBatch:
     x: Tensor
     rain: Tensor
     names: tuple[str, ...] = ()
+    filtered: Tensor | None = None  # directional_derain(y), the "prox" model's anchor and start
 
 
 class Derain(Problem):
@@ -70,6 +73,7 @@ class Derain(Problem):
         density: float = 0.006,
         init: str = "filter",
         model: str = "prox",
+        anchor: float = 0.1,
         seed: int = 0,
         dtype: str = "float32",
     ):
@@ -78,6 +82,8 @@ class Derain(Problem):
             raise ValueError(f"derain: operator must be one of {', '.join(OPERATORS)}, got operator={operator!r}")
         if model not in MODELS:
             raise ValueError(f"derain: model must be one of {', '.join(MODELS)}, got model={model!r}")
+        if not (isinstance(anchor, (int, float)) and not isinstance(anchor, bool) and 0 <= anchor < float("inf")):
+            raise ValueError(f"derain: anchor must be a finite number >= 0, got anchor={anchor!r}")
         if init not in INITS:
             raise ValueError(f"derain: init must be one of {', '.join(INITS)}, got init={init!r}")
         if dtype not in DTYPES:
@@ -99,6 +105,8 @@ class Derain(Problem):
             self.streaks = make(seed + 1).to(dt)
         else:
             self.offset_logit = nn.Parameter(torch.tensor(-4.0, dtype=dt))  # c = softplus(-4) ≈ 0.018
+            # λ = softplus(t) starts at ``anchor``; anchor=0 turns the term off (not learned)
+            self.anchor_logit = nn.Parameter(torch.tensor(anchor, dtype=dt).expm1().log()) if anchor > 0 else None
         self._train_images = [im for _, im in split_images("train", size, dt)]
         self._fixed = {split: self._rain_split(split, dt) for split in ("val", "test")}
 
@@ -112,7 +120,7 @@ class Derain(Problem):
         out = []
         for i, (name, x) in enumerate(split_images(split, self.size, dt)):
             y, r = self._rain(x, self.seed * 1000 + (200 if split == "val" else 300) + i)
-            out.append(RainBatch(y, x, r, (name,)))
+            out.append(RainBatch(y, x, r, (name,), directional_derain(y)))
         return out
 
     def batches(self, split: str) -> Iterator[RainBatch]:
@@ -124,21 +132,25 @@ class Derain(Problem):
                 x = random_patches(self._train_images, self.batch_size, self.patch, gen)
                 draw += 1
                 y, r = self._rain(x, self.seed * 1_000_000 + 10_000 + draw)
-                yield RainBatch(y.to(device), x.to(device), r.to(device))
+                yield RainBatch(y.to(device), x.to(device), r.to(device), (), directional_derain(y).to(device))
         elif split in self._fixed:
             for b in self._fixed[split]:
-                yield RainBatch(b.y.to(device), b.x.to(device), b.rain.to(device), b.names)
+                yield RainBatch(b.y.to(device), b.x.to(device), b.rain.to(device), b.names, b.filtered.to(device))
         else:
             raise ValueError(f"derain: split must be train, val or test, got split={split!r}")
 
     # the fixed-point problem ------------------------------------------------------------------
 
-    def init(self, batch: RainBatch) -> Tensor:
-        if self.init_name == "rainy":
-            background = batch.y
-        else:
+    @staticmethod
+    def filtered(batch: RainBatch) -> Tensor:
+        """The classical filter's background for ``batch`` (computed once per batch)."""
+        if batch.filtered is None:
             with torch.no_grad():
-                background = directional_derain(batch.y)
+                batch.filtered = directional_derain(batch.y)
+        return batch.filtered
+
+    def init(self, batch: RainBatch) -> Tensor:
+        background = batch.y if self.init_name == "rainy" else self.filtered(batch)
         if self.model == "prox":
             return background
         return torch.cat((background, batch.y - background), dim=1)
@@ -150,9 +162,19 @@ class Derain(Problem):
         """c ≥ 0: the weight of the rain's ℓ1 term in the "prox" model."""
         return F.softplus(self.offset_logit)
 
+    def anchor(self) -> Tensor | float:
+        """λ ≥ 0: the weight of the anchor (λ/2)‖B - F‖² in the "prox" model."""
+        return 0.0 if self.anchor_logit is None else F.softplus(self.anchor_logit)
+
+    def data_prox(self, u: Tensor, batch: RainBatch) -> Tensor:
+        """prox_f(u) = min((u + c + λF)/(1 + λ), O) for the "prox" model's data term f."""
+        lam = self.anchor()
+        anchored = (u + self.offset() + lam * self.filtered(batch)) / (1 + lam) if self.anchor_logit is not None else u + self.offset()
+        return torch.minimum(anchored, batch.y)
+
     def operator(self, u: Tensor, batch: RainBatch, k: int) -> Tensor:
         if self.model == "prox":
-            return self.background(torch.minimum(u + self.offset(), batch.y)).clamp(0.0, 1.0)
+            return self.background(self.data_prox(u, batch)).clamp(0.0, 1.0)
         b, r = u[:, :1], u[:, 1:]
         swap = torch.cat((self.background(batch.y - r), self.streaks(batch.y - b)), dim=1)
         # Averaged with the identity: a nonexpansive map with this swap structure can rotate forever
