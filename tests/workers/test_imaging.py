@@ -96,8 +96,10 @@ def test_derain_starts_from_the_filter_or_from_the_input():
 def test_derain_data_prox_is_the_prox_of_its_data_term(anchor):
     """prox_f(v) = argmin_B ½(B - v)² + c·(O - B) + (λ/2)(B - F)² subject to B ≤ O, per pixel, by grid search."""
     problem = make_problem("derain", {"size": 32, "patch": 16, "anchor": anchor, "dtype": "float64"})
-    c, lam = float(problem.offset()), float(problem.anchor())
-    assert lam == pytest.approx(anchor)
+    values = problem.learned_values()
+    c, lam = values["offset"], values.get("anchor", 0.0)
+    assert lam == pytest.approx(anchor) and c == pytest.approx(math.log1p(math.exp(-4.0)))
+    assert set(values) == ({"offset", "anchor"} if anchor else {"offset"})
     o, v, f = (torch.tensor(t, dtype=torch.float64) for t in ([0.5, 0.5, 0.5, 0.2], [0.1, 0.49, 0.9, 0.3], [0.3, 0.6, 0.1, 0.2]))
     batch = RainBatch(y=o.view(1, 1, 2, 2), x=o.view(1, 1, 2, 2), rain=torch.zeros(1, 1, 2, 2, dtype=torch.float64),
                       filtered=f.view(1, 1, 2, 2))

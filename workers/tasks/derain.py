@@ -193,6 +193,16 @@ class Derain(Problem):
     def upper_grad(self, u: Tensor, batch: RainBatch) -> Tensor:
         return u - self._target(batch)
 
+    def learned_values(self) -> dict[str, float]:
+        """The "prox" model's refined data-term weights: ``anchor`` (λ, the argument's scale) and
+        ``offset`` (c); the pair model's scalar parameters otherwise."""
+        if self.model != "prox":
+            return super().learned_values()
+        out = {"offset": float(self.offset().detach())}
+        if self.anchor_logit is not None:
+            out["anchor"] = float(self.anchor().detach())
+        return out
+
     def metrics(self, u: Tensor, batch: RainBatch) -> dict[str, float]:
         b = self.estimate(u.detach())
         return {"psnr": float(psnr(b, batch.x).mean()), "ssim": sum(ssim(b, batch.x)) / b.shape[0]}
