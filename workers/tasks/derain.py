@@ -60,7 +60,7 @@ class RainBatch:
 
 
 class Derain(Problem):
-    """Separate background and rain with two learned 1-Lipschitz (or free) CNNs."""
+    """Separate background and rain with learned 1-Lipschitz (or free) CNNs: the "prox" or the "pair" model."""
 
     def __init__(
         self,
