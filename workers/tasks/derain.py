@@ -132,7 +132,7 @@ class Derain(Problem):
                 x = random_patches(self._train_images, self.batch_size, self.patch, gen)
                 draw += 1
                 y, r = self._rain(x, self.seed * 1_000_000 + 10_000 + draw)
-                yield RainBatch(y.to(device), x.to(device), r.to(device), (), directional_derain(y).to(device))
+                yield RainBatch(y.to(device), x.to(device), r.to(device))  # the filter runs when a model asks
         elif split in self._fixed:
             for b in self._fixed[split]:
                 yield RainBatch(b.y.to(device), b.x.to(device), b.rain.to(device), b.names, b.filtered.to(device))
@@ -168,9 +168,11 @@ class Derain(Problem):
 
     def data_prox(self, u: Tensor, batch: RainBatch) -> Tensor:
         """prox_f(u) = min((u + c + λF)/(1 + λ), O) for the "prox" model's data term f."""
-        lam = self.anchor()
-        anchored = (u + self.offset() + lam * self.filtered(batch)) / (1 + lam) if self.anchor_logit is not None else u + self.offset()
-        return torch.minimum(anchored, batch.y)
+        shifted = u + self.offset()
+        if self.anchor_logit is not None:  # without the anchor the filter is not needed
+            lam = self.anchor()
+            shifted = (shifted + lam * self.filtered(batch)) / (1 + lam)
+        return torch.minimum(shifted, batch.y)
 
     def operator(self, u: Tensor, batch: RainBatch, k: int) -> Tensor:
         if self.model == "prox":
