@@ -49,6 +49,7 @@ class ImageBatch:
     y: Tensor
     x: Tensor
     names: tuple[str, ...] = ()
+    adjoint_y: Tensor | None = None  # Aᵀy, computed once per batch by the first data step that needs it
 
 
 def psnr(u: Tensor, x: Tensor) -> Tensor:
@@ -166,7 +167,9 @@ class Deconvolution(Problem):
         tau = self.step_size()
         if self.scheme == "fb":
             return u - tau * self.blur.adjoint(self.blur(u) - batch.y)
-        return self.blur.normal_solve(self.blur.adjoint(batch.y) + u / tau, 1.0 / tau)
+        if batch.adjoint_y is None:
+            batch.adjoint_y = self.blur.adjoint(batch.y)
+        return self.blur.normal_solve(batch.adjoint_y + u / tau, 1.0 / tau)
 
     def init(self, batch: ImageBatch) -> Tensor:
         """The Wiener estimate (regularization 100·noise², at least 1e-3), clamped: a cheap, good start
