@@ -187,13 +187,16 @@ def test_a_worker_node_that_dies_mid_job_loses_no_trial(tmp_path):
     retried = [t for t in trials if t.user_attrs.get("retries")]
     assert len(retried) == 1, output[-3000:]  # the trial on the dead node, and only it
     (t,) = retried
-    assert t.user_attrs["retries"] == 1
-    (reason,) = t.user_attrs["retry_reasons"]
-    assert "node has died" in reason
-    dead_node = reason.split("Node Id: ")[1][:12]
-    assert all(u.user_attrs["ray_node"] != dead_node for u in trials)  # restarted and finished on the other node
+    # Ray words the loss by what it notices first: the GCS marking the node dead, or the actor's socket closing.
+    # In the second case the restart can race the GCS to the dead node once more before it is marked dead.
+    reasons = t.user_attrs["retry_reasons"]
+    assert t.user_attrs["retries"] == len(reasons) in (1, 2), reasons
+    reason = reasons[0]
+    assert "node has died" in reason or "Socket closed" in reason, reason
+    # Both nodes had a trial mid-run at the kill, and all 4 trials finished on one node: the survivor.
+    assert len({u.user_attrs["ray_node"] for u in trials}) == 1
     assert t.value is not None and t.user_attrs["final_step"] == 300
-    assert f"trial {t.number}: The actor died because its node has died" in output and "restarting it (retry 1 of 2)" in output
+    assert f"trial {t.number}: {reason}; restarting it (retry 1 of 2)" in output
     assert "4/4 finished: 4 complete, 0 pruned, 0 failed" in output
 
 
