@@ -14,11 +14,11 @@ CASES = [
 ] + [
     ("deconvolution", {"operator": op, "kernel": kernel, "kernel_size": 9, "size": 32, "patch": 16, "batch_size": 2,
                        "width": 4, "depth": 3})
-    for op in ("pnp_lipschitz", "pnp_free") for kernel in ("gaussian", "motion")
+    for op in ("pnp_lipschitz", "pnp_convex", "pnp_free") for kernel in ("gaussian", "motion")
 ] + [
     ("deconvolution", {"operator": op, "scheme": "hqs", "kernel_size": 9, "size": 32, "patch": 16, "batch_size": 2,
                        "width": 4, "depth": 3, "step": 3.0})
-    for op in ("pnp_lipschitz", "pnp_free")
+    for op in ("pnp_lipschitz", "pnp_convex", "pnp_free")
 ] + [
     ("derain", {"operator": op, "model": model, "size": 32, "patch": 16, "batch_size": 2, "width": 4, "depth": 3})
     for op in ("lipschitz", "free") for model in ("prox", "pair")

@@ -6,9 +6,11 @@ import pytest
 import torch
 
 from workers import BMOConfig, evaluate, make_problem, train
-from workers.operators import LipschitzDenoiser, directional_derain
+from workers.operators import ConvexRidgeDenoiser, LipschitzDenoiser, directional_derain
+from workers.operators.denoisers import _conv as conv
+from workers.operators.denoisers import _conv_adjoint as conv_adjoint
 from workers.operators.denoisers import max_min
-from workers.tasks.deconvolution import psnr, ssim
+from workers.tasks.deconvolution import ImageBatch, psnr, ssim
 from workers.tasks.derain import RainBatch
 
 
@@ -63,6 +65,8 @@ def test_deconvolution_schemes_check_their_arguments():
     with pytest.raises(ValueError, match=r"step \(τ·L\) must be in \(0, 2\) for scheme='fb'"):
         make_problem("deconvolution", {"scheme": "fb", "step": 3.0, "size": 32, "patch": 32, "kernel_size": 9})
     make_problem("deconvolution", {"scheme": "hqs", "step": 3.0, "size": 32, "patch": 32, "kernel_size": 9})
+    with pytest.raises(ValueError, match="operator='pnp_convex' needs an even width >= 2"):
+        make_problem("deconvolution", {"operator": "pnp_convex", "width": 5, "size": 32, "patch": 32, "kernel_size": 9})
 
 
 def test_max_min_permutes_each_pair_so_it_keeps_norms_and_is_1_lipschitz():
@@ -143,6 +147,72 @@ def test_lipschitz_denoiser_stays_nonexpansive_while_its_weights_are_pushed():
     assert worst <= 1.0 + 1e-3
 
 
+def _pushed_convex_denoiser() -> ConvexRidgeDenoiser:
+    """A convex ridge denoiser whose raw filters were driven far past norm 1 and thresholds moved."""
+    denoiser = ConvexRidgeDenoiser(channels=6, kernel=5, theta=0.05, seed=0).double()
+    optimizer = torch.optim.Adam(denoiser.parameters(), lr=0.05)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(30):
+        x = torch.rand(4, 1, 24, 24, generator=g, dtype=torch.float64)
+        loss = -((x - denoiser(x)) ** 2).sum()  # make the regularizer's gradient as large as it can be
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return denoiser
+
+
+def test_convex_ridge_denoiser_is_a_gradient_step_on_its_potential():
+    """D(x) = x - ∇R(x) against autograd of R in float64, and R is convex along random segments."""
+    denoiser = _pushed_convex_denoiser()
+    g = torch.Generator().manual_seed(2)
+    x = torch.rand(3, 1, 20, 20, generator=g, dtype=torch.float64, requires_grad=True)
+    (grad,) = torch.autograd.grad(denoiser.potential(x).sum(), x)
+    with torch.no_grad():
+        assert float((denoiser(x) - (x - grad)).abs().max()) < 1e-12
+        y = torch.rand(x.shape, generator=g, dtype=torch.float64)
+        for t in (0.2, 0.5, 0.9):
+            mix = denoiser.potential(t * x + (1 - t) * y)
+            assert bool((mix <= t * denoiser.potential(x) + (1 - t) * denoiser.potential(y) + 1e-12).all())
+
+
+def test_convex_ridge_filters_have_operator_norm_at_most_one_and_the_denoiser_is_firmly_nonexpansive():
+    denoiser = _pushed_convex_denoiser()
+    assert float(torch.fft.rfft2(denoiser.weight.detach()[:, 0], s=(32, 32)).abs().pow(2).sum(0).max()) > 1.5  # pushed
+    with torch.no_grad():
+        weight = denoiser.filters((32, 32))
+        v = torch.randn(1, 1, 32, 32, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+        for _ in range(500):  # power iteration on WᵀW, the circular convolution bank on the 32×32 grid
+            v = conv_adjoint(conv(v, weight), weight)
+            v = v / torch.linalg.vector_norm(v)
+        assert float(torch.linalg.vector_norm(conv(v, weight))) == pytest.approx(1.0, abs=1e-6)  # scaled to exactly 1
+        g = torch.Generator().manual_seed(4)
+        for _ in range(20):
+            a = torch.randn(2, 1, 32, 32, generator=g, dtype=torch.float64)
+            b = a + 0.1 * torch.randn(a.shape, generator=g, dtype=torch.float64)
+            da, db = denoiser(a), denoiser(b)
+            # firm nonexpansiveness: ‖Da - Db‖² <= <Da - Db, a - b>
+            assert float(((da - db) ** 2).sum()) <= float(((da - db) * (a - b)).sum()) + 1e-12
+
+
+def test_convex_hqs_fixed_point_solves_the_learned_variational_problem():
+    """At the fixed point u* of T = D ∘ prox_τf (clamp inactive), v* = prox_τf(u*) satisfies
+    τ·Aᵀ(Av* - y) + ∇R(v*) = 0: it minimises τ·f + R."""
+    problem = make_problem("deconvolution", {"operator": "pnp_convex", "scheme": "hqs", "width": 4, "size": 32,
+                                             "patch": 32, "kernel_size": 9, "dtype": "float64"})
+    (val,) = list(problem.batches("val"))
+    x = 0.3 + 0.4 * val.x  # keeps every iterate inside [0, 1], where the clamp does nothing
+    batch = ImageBatch(problem.blur(x), x)
+    with torch.no_grad():
+        u = problem.init(batch)
+        for k in range(3000):
+            u = problem.operator(u, batch, k)
+        assert float(((u > 0) & (u < 1)).float().min()) == 1.0
+        v = problem.data_step(u, batch)
+        grad_r = v - problem.denoiser(v)
+        stationarity = problem.step_size() * problem.blur.adjoint(problem.blur(v) - batch.y) + grad_r
+    assert float(stationarity.abs().max()) < 1e-8
+
+
 def _worst_ratio(denoiser, g) -> float:
     worst = 0.0
     for _ in range(20):
@@ -154,16 +224,20 @@ def _worst_ratio(denoiser, g) -> float:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("task, args", [
-    ("deconvolution", {"operator": "pnp_lipschitz", "size": 64, "patch": 32, "width": 8, "depth": 3}),
-    ("derain", {"operator": "lipschitz", "size": 64, "patch": 32, "width": 8, "depth": 3}),
+@pytest.mark.parametrize("task, args, settings", [
+    ("deconvolution", {"operator": "pnp_lipschitz", "size": 64, "patch": 32, "width": 8, "depth": 3}, {"mu": 0.1, "K": 4}),
+    ("deconvolution", {"operator": "pnp_convex", "scheme": "hqs", "size": 64, "patch": 32, "width": 8}, {"mu": 0.0, "K": 8}),
+    ("derain", {"operator": "lipschitz", "size": 64, "patch": 32, "width": 8, "depth": 3}, {"mu": 0.1, "K": 4}),
 ])
-def test_short_training_improves_validation_psnr(task, args):
+def test_short_training_improves_validation_psnr(task, args, settings):
     problem = make_problem(task, args)
-    config = BMOConfig(mu=0.1, K=4, gamma=3e-3, outer_steps=60, eval_every=60, device="cpu")
+    config = BMOConfig(gamma=3e-3, outer_steps=60, eval_every=60, device="cpu", **settings)
     before = evaluate(problem, config, "val")["psnr"]
     observed = sum(float(psnr(b.y.clamp(0, 1), b.x)) for b in problem.batches("val"))
     result = train(problem, config)
     after = result.final["val_psnr"]
     assert math.isfinite(after) and after > before + 0.1, (before, after)
     assert after > observed + 1.0, (observed, after)  # well above the degraded input
+    if args.get("operator") == "pnp_convex":  # started at Huber-TV, it also lifts past the Wiener estimate
+        wiener_psnr = sum(float(psnr(problem.init(b), b.x)) for b in problem.batches("val"))
+        assert after > wiener_psnr + 0.1, (wiener_psnr, after)

@@ -1,13 +1,14 @@
 """Building blocks of fixed-point operators: proximal maps, blur physics, TV, rain synthesis, denoisers."""
 
 from workers.operators.blur import Blur, add_noise, gaussian_kernel, motion_kernel, wiener
-from workers.operators.denoisers import LipschitzDenoiser, ResidualDenoiser
+from workers.operators.denoisers import ConvexRidgeDenoiser, LipschitzDenoiser, ResidualDenoiser
 from workers.operators.prox import soft_threshold
 from workers.operators.rain import add_rain, directional_derain, rain_layer
 from workers.operators.tv import tv_deconvolve
 
 __all__ = [
     "Blur",
+    "ConvexRidgeDenoiser",
     "LipschitzDenoiser",
     "ResidualDenoiser",
     "add_noise",

@@ -14,6 +14,10 @@ Denoisers (``operator``):
 - ``operator="pnp_lipschitz"``: D averaged with a spectrally normalised (1-Lipschitz) CNN,
   so the data step (gradient step with τ < 2/L, or the prox), D and the clamp are all
   nonexpansive and so is T (BMO's assumption);
+- ``operator="pnp_convex"``: D = I - ∇R with R a learned convex ridge regularizer
+  (``ConvexRidgeDenoiser``, ``width`` filters of 7×7 in isotropic pairs), firmly nonexpansive,
+  started at isotropic Huber-TV with weight 0.1·noise; with ``hqs`` the fixed point solves the
+  learned variational problem min τ·f + R, so iterating past K converges instead of drifting;
 - ``operator="pnp_free"``: D = I - R with R an unconstrained CNN (what ENA unrolls).
 
 Data: scikit-image's grayscale images (``workers.data``): training on random patches with a
@@ -33,10 +37,11 @@ from torch import Tensor, nn
 
 from workers.data import random_patches, split_images
 from workers.operators.blur import Blur, gaussian_kernel, motion_kernel, wiener
-from workers.operators.denoisers import LipschitzDenoiser, ResidualDenoiser
+from workers.operators.denoisers import ConvexRidgeDenoiser, LipschitzDenoiser, ResidualDenoiser
 from workers.problem import Problem
 
-OPERATORS = ("pnp_lipschitz", "pnp_free")
+OPERATORS = ("pnp_lipschitz", "pnp_convex", "pnp_free")
+NONEXPANSIVE = ("pnp_lipschitz", "pnp_convex")
 SCHEMES = ("fb", "hqs")
 KERNELS = ("gaussian", "motion")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -84,7 +89,7 @@ class Deconvolution(Problem):
         scheme: str = "fb",
         width: int = 24,
         depth: int = 5,
-        step: float = 1.0,
+        step: float | None = None,
         boundary: str = "circular",
         seed: int = 0,
         dtype: str = "float32",
@@ -102,6 +107,8 @@ class Deconvolution(Problem):
             raise ValueError(f"deconvolution: dtype must be one of {', '.join(DTYPES)}, got dtype={dtype!r}")
         if not (isinstance(noise, (int, float)) and 0 <= noise < 1):
             raise ValueError(f"deconvolution: noise must be in [0, 1), got noise={noise!r}")
+        if step is None:  # τ·L: the convex model's prox step starts large (its R then weighs like TV)
+            step = 10.0 if operator == "pnp_convex" and scheme == "hqs" else 1.0
         if not (isinstance(step, (int, float)) and 0 < step and (step < 2 or scheme == "hqs")):
             raise ValueError(f"deconvolution: step (τ·L) must be in (0, 2) for scheme='fb' and > 0 for 'hqs', got step={step!r}")
         for name, value in (("kernel_size", kernel_size), ("size", size), ("patch", patch), ("batch_size", batch_size)):
@@ -109,6 +116,8 @@ class Deconvolution(Problem):
                 raise ValueError(f"deconvolution: {name} must be a positive integer, got {name}={value!r}")
         if not kernel_size <= patch <= size:
             raise ValueError(f"deconvolution: kernel_size <= patch <= size must hold, got {kernel_size=}, {patch=}, {size=}")
+        if operator == "pnp_convex" and (width < 2 or width % 2):
+            raise ValueError(f"deconvolution: operator='pnp_convex' needs an even width >= 2 (its filters come in pairs), got width={width!r}")
         if kernel_size % 2 == 0:
             raise ValueError(f"deconvolution: kernel_size must be odd, got kernel_size={kernel_size}")
         dt = DTYPES[dtype]
@@ -116,13 +125,17 @@ class Deconvolution(Problem):
         self.blur = Blur(k.to(dt), boundary=boundary)
         self.noise, self.size, self.patch, self.batch_size, self.seed = float(noise), size, patch, batch_size, seed
         self.operator_name, self.scheme = operator, scheme
-        self.nonexpansive = operator == "pnp_lipschitz"
+        self.nonexpansive = operator in NONEXPANSIVE
         self.L = float(self.blur.lipschitz())
         # fb: τ = (2/L)·sigmoid(t); hqs: τ = exp(t)/L
         t = math.log(step / (2 - step)) if scheme == "fb" else math.log(step)
         self.step_logit = nn.Parameter(torch.tensor(t, dtype=dt))
         if operator == "pnp_lipschitz":
             self.denoiser = LipschitzDenoiser(width=width, depth=depth, seed=seed).to(dt)
+        elif operator == "pnp_convex":
+            # R/τ starts as isotropic Huber-TV of weight λ = 0.1·noise: clip radius θ = λ·τ·‖∇‖, ‖∇‖ = √8
+            theta = 0.1 * max(self.noise, 1e-3) * float(self.step_size().detach()) * math.sqrt(8)
+            self.denoiser = ConvexRidgeDenoiser(channels=width, kernel=7, theta=theta, seed=seed).to(dt)
         else:
             self.denoiser = ResidualDenoiser(width=width, depth=depth, seed=seed).to(dt)
         self._train_images = [im for _, im in split_images("train", size, dt)]
