@@ -39,6 +39,7 @@ from workers.data import random_patches, split_images
 from workers.operators.blur import Blur, gaussian_kernel, motion_kernel, wiener
 from workers.operators.denoisers import ConvexRidgeDenoiser, LipschitzDenoiser, ResidualDenoiser
 from workers.problem import Problem
+from workers.tasks._checks import check_choice, check_positive_ints
 
 OPERATORS = ("pnp_lipschitz", "pnp_convex", "pnp_free")
 NONEXPANSIVE = ("pnp_lipschitz", "pnp_convex")
@@ -95,25 +96,19 @@ class Deconvolution(Problem):
         dtype: str = "float32",
     ):
         super().__init__()
-        if kernel not in KERNELS:
-            raise ValueError(f"deconvolution: kernel must be one of {', '.join(KERNELS)}, got kernel={kernel!r}")
-        if operator not in OPERATORS:
-            raise ValueError(f"deconvolution: operator must be one of {', '.join(OPERATORS)}, got operator={operator!r}")
-        if scheme not in SCHEMES:
-            raise ValueError(f"deconvolution: scheme must be one of {', '.join(SCHEMES)}, got scheme={scheme!r}")
+        check_choice("deconvolution", "kernel", kernel, KERNELS)
+        check_choice("deconvolution", "operator", operator, OPERATORS)
+        check_choice("deconvolution", "scheme", scheme, SCHEMES)
         if scheme == "hqs" and boundary != "circular":
             raise ValueError(f"deconvolution: scheme='hqs' needs boundary='circular' (its prox is solved by FFT), got boundary={boundary!r}")
-        if dtype not in DTYPES:
-            raise ValueError(f"deconvolution: dtype must be one of {', '.join(DTYPES)}, got dtype={dtype!r}")
+        check_choice("deconvolution", "dtype", dtype, DTYPES)
         if not (isinstance(noise, (int, float)) and 0 <= noise < 1):
             raise ValueError(f"deconvolution: noise must be in [0, 1), got noise={noise!r}")
         if step is None:  # τ·L: the convex model's prox step starts large (its R then weighs like TV)
             step = 10.0 if operator == "pnp_convex" and scheme == "hqs" else 1.0
         if not (isinstance(step, (int, float)) and 0 < step and (step < 2 or scheme == "hqs")):
             raise ValueError(f"deconvolution: step (τ·L) must be in (0, 2) for scheme='fb' and > 0 for 'hqs', got step={step!r}")
-        for name, value in (("kernel_size", kernel_size), ("size", size), ("patch", patch), ("batch_size", batch_size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"deconvolution: {name} must be a positive integer, got {name}={value!r}")
+        check_positive_ints("deconvolution", kernel_size=kernel_size, size=size, patch=patch, batch_size=batch_size)
         if not kernel_size <= patch <= size:
             raise ValueError(f"deconvolution: kernel_size <= patch <= size must hold, got {kernel_size=}, {patch=}, {size=}")
         if operator == "pnp_convex" and (width < 2 or width % 2):

@@ -40,6 +40,7 @@ from workers.data import random_patches, split_images
 from workers.operators.denoisers import LipschitzDenoiser, ResidualDenoiser
 from workers.operators.rain import add_rain, directional_derain
 from workers.problem import Problem
+from workers.tasks._checks import check_choice, check_positive_ints
 from workers.tasks.deconvolution import psnr, ssim
 
 OPERATORS = ("lipschitz", "free")
@@ -78,19 +79,13 @@ class Derain(Problem):
         dtype: str = "float32",
     ):
         super().__init__()
-        if operator not in OPERATORS:
-            raise ValueError(f"derain: operator must be one of {', '.join(OPERATORS)}, got operator={operator!r}")
-        if model not in MODELS:
-            raise ValueError(f"derain: model must be one of {', '.join(MODELS)}, got model={model!r}")
+        check_choice("derain", "operator", operator, OPERATORS)
+        check_choice("derain", "model", model, MODELS)
         if not (isinstance(anchor, (int, float)) and not isinstance(anchor, bool) and 0 <= anchor < float("inf")):
             raise ValueError(f"derain: anchor must be a finite number >= 0, got anchor={anchor!r}")
-        if init not in INITS:
-            raise ValueError(f"derain: init must be one of {', '.join(INITS)}, got init={init!r}")
-        if dtype not in DTYPES:
-            raise ValueError(f"derain: dtype must be one of {', '.join(DTYPES)}, got dtype={dtype!r}")
-        for name, value in (("size", size), ("patch", patch), ("batch_size", batch_size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"derain: {name} must be a positive integer, got {name}={value!r}")
+        check_choice("derain", "init", init, INITS)
+        check_choice("derain", "dtype", dtype, DTYPES)
+        check_positive_ints("derain", size=size, patch=patch, batch_size=batch_size)
         if patch > size:
             raise ValueError(f"derain: patch must be <= size, got patch={patch}, size={size}")
         dt = DTYPES[dtype]

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from workers.operators import soft_threshold
 from workers.problem import Problem
+from workers.tasks._checks import check_choice, check_positive_ints
 
 OPERATORS = ("ista", "fista", "tied_coupled", "untied_coupled", "lista_tied", "lista_untied")
 PRESETS = {"small": (64, 128), "paper": (250, 500)}
@@ -71,22 +72,17 @@ class SparseCoding(Problem):
         dtype: str = "float32",
     ):
         super().__init__()
-        if preset not in PRESETS:
-            raise ValueError(f"sparse_coding: preset must be one of {', '.join(PRESETS)}, got preset={preset!r}")
+        check_choice("sparse_coding", "preset", preset, PRESETS)
         m = PRESETS[preset][0] if m is None else m
         n = PRESETS[preset][1] if n is None else n
-        for name, value in (("m", m), ("n", n), ("layers", layers), ("batch_size", batch_size),
-                            ("val_size", val_size), ("test_size", test_size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"sparse_coding: {name} must be a positive integer, got {name}={value!r}")
-        if operator not in OPERATORS:
-            raise ValueError(f"sparse_coding: operator must be one of {', '.join(OPERATORS)}, got operator={operator!r}")
+        check_positive_ints("sparse_coding", m=m, n=n, layers=layers, batch_size=batch_size, val_size=val_size,
+                            test_size=test_size)
+        check_choice("sparse_coding", "operator", operator, OPERATORS)
         if not 0 < sparsity <= 1:
             raise ValueError(f"sparse_coding: sparsity must be in (0, 1], got sparsity={sparsity!r}")
         if noise < 0 or lam < 0:
             raise ValueError(f"sparse_coding: noise and lam must be >= 0, got noise={noise!r}, lam={lam!r}")
-        if dtype not in DTYPES:
-            raise ValueError(f"sparse_coding: dtype must be one of {', '.join(DTYPES)}, got dtype={dtype!r}")
+        check_choice("sparse_coding", "dtype", dtype, DTYPES)
         self.m, self.n, self.operator_name, self.layers = m, n, operator, layers
         self.sparsity, self.noise, self.seed = sparsity, noise, seed
         self.batch_size, self.val_size, self.test_size = batch_size, val_size, test_size
