@@ -215,10 +215,15 @@ class _Watch:
             raise DivergenceError(outer_step, step, "u")
 
 
-def _run_block(problem, batch, u, config, ks: range, *, mu: float, full: bool, watch: _Watch, offset: int):
+def _run_block(problem, batch, u, config, ks: range, *, mu: float, full: bool, watch: _Watch, offset: int = 0,
+               after_step=None):
+    """Inner steps k in ``ks`` (BMO steps when ``full``, else KM steps), watched for non-finite
+    iterates; ``after_step(u, k)`` runs after each (per-layer traces)."""
     for k in ks:
         u = bmo_step(problem, u, batch, k, mu, step_size(config, k)) if full else km_step(problem, u, batch, k, mu)
         watch.see(u, offset + k)
+        if after_step is not None:
+            after_step(u, k)
     return u
 
 
@@ -242,11 +247,8 @@ def inner_solve(
     mu = config.mu if mu is None else mu
     u = problem.init(batch) if u0 is None else u0
     watch, residuals = _Watch(u), ([] if trace else None)
-    for k in range(1, K + 1):
-        u = bmo_step(problem, u, batch, k, mu, step_size(config, k))
-        watch.see(u, k)
-        if trace:
-            residuals.append(fp_residual(problem, u, batch, k + 1))
+    record = (lambda v, k: residuals.append(fp_residual(problem, v, batch, k + 1))) if trace else None
+    u = _run_block(problem, batch, u, config, range(1, K + 1), mu=mu, full=True, watch=watch, after_step=record)
     watch.check(outer_step)
     return InnerSolution(u, residuals)
 
@@ -269,15 +271,14 @@ def evaluate_solve(problem: Problem, batch, config: BMOConfig, *, K: int | None 
 
 
 def _evaluate_solve(problem, batch, config, K, full, per_layer):
+    def record(v, k):
+        per_layer.append({**problem.metrics(v, batch), "fp_residual": fp_residual(problem, v, batch, k + 1)})
+
     with torch.no_grad():
         u = problem.init(batch)
         watch = _Watch(u)
-        for k in range(1, K + 1):
-            mu = config.eval_mu
-            u = bmo_step(problem, u, batch, k, mu, step_size(config, k)) if full else km_step(problem, u, batch, k, mu)
-            watch.see(u, k)
-            if per_layer is not None:
-                per_layer.append({**problem.metrics(u, batch), "fp_residual": fp_residual(problem, u, batch, k + 1)})
+        u = _run_block(problem, batch, u, config, range(1, K + 1), mu=config.eval_mu, full=full, watch=watch,
+                       after_step=record if per_layer is not None else None)
         watch.check(0)
     return u, per_layer
 
