@@ -194,6 +194,19 @@ def test_convex_ridge_filters_have_operator_norm_at_most_one_and_the_denoiser_is
             assert float(((da - db) ** 2).sum()) <= float(((da - db) * (a - b)).sum()) + 1e-12
 
 
+def test_convex_ridge_fft_correlation_is_the_circular_convolution_it_replaces():
+    """W x by FFT equals F.conv2d on circularly padded images (float64), and D = x - Wᵀclip(Wx) with both."""
+    denoiser = _pushed_convex_denoiser()
+    x = torch.rand(2, 1, 20, 24, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    with torch.no_grad():
+        weight = denoiser.filters((20, 24))
+        z = conv(x, weight)
+        assert float((denoiser._analysis(x)[0] - z).abs().max()) < 1e-12
+        assert float((denoiser(x) - (x - conv_adjoint(denoiser.clip(z), weight))).abs().max()) < 1e-12
+    with pytest.raises(ValueError, match="images must be at least 5x5"):
+        denoiser(torch.zeros(1, 1, 4, 8, dtype=torch.float64))
+
+
 def test_convex_hqs_fixed_point_solves_the_learned_variational_problem():
     """At the fixed point u* of T = D ∘ prox_τf (clamp inactive), v* = prox_τf(u*) satisfies
     τ·Aᵀ(Av* - y) + ∇R(v*) = 0: it minimises τ·f + R."""

@@ -120,9 +120,12 @@ class LipschitzDenoiser(nn.Module):
 class ConvexRidgeDenoiser(nn.Module):
     """D(x) = x - Wᵀ clip_θ(W x): one gradient step on a learned convex ridge regularizer (firmly nonexpansive).
 
-    ``channels`` (even) filters of ``kernel``×``kernel``, in pairs; ``theta`` the initial clip radius
-    of every pair. The first pair starts as the forward differences (isotropic Huber-TV with
-    weight θ/‖∇‖ = θ/√8), the others as small random filters (``extra`` times a unit filter).
+    ``channels`` (even) filters of ``kernel``×``kernel``; channel i pairs with i + channels/2.
+    ``theta`` is the initial clip radius of every pair. The first pair starts as the forward
+    differences (isotropic Huber-TV with weight θ/‖∇‖ = θ/√8), the others as small random
+    filters (``extra`` times a unit filter). W and Wᵀ run as circular correlations by FFT
+    (the same result as ``F.conv2d`` on circularly padded images, several times faster on CPU
+    for 7×7 filters).
     """
 
     def __init__(self, channels: int = 32, kernel: int = 7, theta: float = 0.01, seed: int = 0, extra: float = 0.01):
@@ -132,52 +135,65 @@ class ConvexRidgeDenoiser(nn.Module):
                              f"got channels={channels!r}, kernel={kernel!r}, theta={theta!r}")
         gen = torch.Generator().manual_seed(seed)
         weight = extra * torch.randn(channels, 1, kernel, kernel, generator=gen) / kernel
-        c = kernel // 2
-        weight[:2] = 0.0
+        c, half = kernel // 2, channels // 2
+        weight[0], weight[half] = 0.0, 0.0
         weight[0, 0, c, c], weight[0, 0, c, c + 1] = -1.0, 1.0  # ∂x
-        weight[1, 0, c, c], weight[1, 0, c + 1, c] = -1.0, 1.0  # ∂y
+        weight[half, 0, c, c], weight[half, 0, c + 1, c] = -1.0, 1.0  # ∂y, its pair
         self.weight = nn.Parameter(weight)
-        self.theta_raw = nn.Parameter(torch.full((channels // 2,), math.log(math.expm1(theta))))
+        self.theta_raw = nn.Parameter(torch.full((half,), math.log(math.expm1(theta))))
+
+    def _spectrum(self, shape: tuple[int, int]) -> tuple[Tensor, Tensor]:
+        """The filters' frequency responses on a grid of ``shape`` (centred: correlation semantics) and
+        the scale that brings the bank to operator norm ≤ 1.
+
+        ‖W‖² = max over the grid's frequencies of Σ_c |Ŵ_c(ω)|² (W is a bank of circular
+        convolutions), so the scale is exact, not a power-iteration estimate.
+        """
+        h, w = shape
+        k = self.weight.shape[-1]
+        if h < k or w < k:
+            raise ValueError(f"convex ridge denoiser: images must be at least {k}x{k} (the filter size), got {h}x{w}")
+        padded = F.pad(self.weight[:, 0], (0, w - k, 0, h - k))
+        response = torch.fft.rfft2(torch.roll(padded, shifts=(-(k // 2), -(k // 2)), dims=(-2, -1)))
+        scale = (response.real**2 + response.imag**2).sum(0).max().sqrt().clamp_min(1.0)
+        return response, scale
 
     def filters(self, shape: tuple[int, int]) -> Tensor:
-        """W scaled to operator norm ≤ 1 as a circular convolution on a grid of ``shape``.
-
-        ‖W‖² = max over the grid's frequencies of Σ_c |Ŵ_c(ω)|² (W is a bank of convolutions),
-        so the scale is exact, not a power-iteration estimate.
-        """
-        k = self.weight.shape[-1]
-        grid = (max(shape[0], k), max(shape[1], k))
-        response = torch.fft.rfft2(self.weight[:, 0], s=grid)
-        norm = (response.real**2 + response.imag**2).sum(0).max().sqrt()
-        return self.weight / norm.clamp_min(1.0)
+        """W's spatial filters scaled to operator norm ≤ 1 as a circular convolution on a grid of ``shape``."""
+        return self.weight / self._spectrum(shape)[1]
 
     def thresholds(self) -> Tensor:
         """θ per channel pair (> 0)."""
         return F.softplus(self.theta_raw)
 
-    def _coefficients(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        weight = self.filters(x.shape[-2:])
-        return _conv(x, weight), weight
+    def _analysis(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """W x (B, C, H, W) and the scaled responses Ŵ, for the synthesis Wᵀ."""
+        response, scale = self._spectrum(x.shape[-2:])
+        response = response / scale
+        return torch.fft.irfft2(torch.fft.rfft2(x) * response.conj(), s=x.shape[-2:]), response
+
+    def _radius(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        half = z.shape[1] // 2
+        a, b = z[:, :half], z[:, half:]
+        return a, b, (a * a + b * b).clamp_min(1e-30).sqrt()
 
     def clip(self, z: Tensor) -> Tensor:
         """Each channel pair's 2-vector projected onto the disc of radius θ (∇ of the pair's Huber function)."""
-        b, c, h, w = z.shape
-        pairs = z.view(b, c // 2, 2, h, w)
-        radius = self.thresholds().view(1, -1, 1, 1, 1).to(z.dtype)
-        scale = (radius / torch.linalg.vector_norm(pairs, dim=2, keepdim=True).clamp_min(1e-12)).clamp(max=1.0)
-        return (pairs * scale).view(b, c, h, w)
+        a, b, r = self._radius(z)
+        scale = (self.thresholds().view(1, -1, 1, 1).to(z.dtype) / r).clamp(max=1.0)
+        return torch.cat((a * scale, b * scale), dim=1)
 
     def potential(self, x: Tensor) -> Tensor:
         """R(x) per image: Σ huber_θ(‖(W x)_pair‖), huber_θ(r) = r²/2 for r ≤ θ, θ·r - θ²/2 beyond."""
-        z, _ = self._coefficients(x)
-        b, c, h, w = z.shape
-        r = torch.linalg.vector_norm(z.view(b, c // 2, 2, h, w), dim=2)
+        z, _ = self._analysis(x)
+        _, _, r = self._radius(z)
         theta = self.thresholds().view(1, -1, 1, 1).to(z.dtype)
         return torch.where(r <= theta, 0.5 * r**2, theta * r - 0.5 * theta**2).flatten(1).sum(1)
 
     def forward(self, x: Tensor) -> Tensor:
-        z, weight = self._coefficients(x)
-        return x - _conv_adjoint(self.clip(z), weight)
+        z, response = self._analysis(x)
+        synthesis = (torch.fft.rfft2(self.clip(z)) * response).sum(1, keepdim=True)
+        return x - torch.fft.irfft2(synthesis, s=x.shape[-2:])
 
 
 class ResidualDenoiser(nn.Module):
