@@ -49,7 +49,7 @@ Writes ``deconvolution.json`` and ``derain.json`` (keys ``machine``, ``config``,
 ``--out-dir``, and prints the tables. In ``deconvolution.json`` ``layers`` and ``methods``
 are keyed by method, then by noise level ("0.01", "0.03"); in ``derain.json`` by method only.
 
-Run (about 50 minutes on 2 CPU cores with the defaults):
+Run (about 35 minutes on 2 CPU cores with the defaults: 25 for deconvolution, 8 for derain):
 
     python benchmarks/imaging.py [--tasks deconvolution,derain] [--minutes M] [--size N] [--mu MU] [--scheme S]
                                  [--out-dir DIR] [--quick]
