@@ -31,9 +31,9 @@ SSIM per image for:
    (``lipschitz``, mu=0.1 unless ``--mu``, ``hypergrad="jfb"``, ``restarts=2``: trained at equilibrium), both
    with the task's ``prox`` model started from the filter's output.
 
-Learned methods: K=8 inner steps, Adam with gamma=2e-3, CNN width 16 and depth 4, batches
-of 8 patches of 40x40, trained for a wall-clock budget (``--minutes`` per method: 3 on CPU,
-10 on CUDA) and evaluated with the evaluation solve at K (``evaluate_solve``: T alone,
+Learned methods: K=8 inner steps, Adam with gamma=2e-3, CNNs of width 16 and depth 4 (the convex
+model: 32 filters of 7x7), batches of 8 patches of 40x40, trained for a wall-clock budget
+(``--minutes`` per method: 3 on CPU, 10 on CUDA) and evaluated with the evaluation solve at K (``evaluate_solve``: T alone,
 eval_mu=0). "Untrained layers": for the learned methods, test PSNR and relative
 fixed-point residual after every layer k = 1..4K (``layer_metrics``), mean over the test
 images.
@@ -101,7 +101,7 @@ class Learned:
     mu: float
     hypergrad: str = "unroll"
     restarts: int = 0
-    task_args: tuple[tuple[str, object], ...] = ()
+    task_args: dict = dataclasses.field(default_factory=dict)
 
     @property
     def is_bmo(self) -> bool:
@@ -112,8 +112,8 @@ class Learned:
 # be without the truth), the convex model lost 0.7 dB at K and drifted down past K.
 DECONV_LEARNED = {
     "ena": Learned("pnp_free", 0.0),
-    "bmo": Learned("pnp_convex", 0.0, task_args=(("width", 32),)),
-    "bmo_restart": Learned("pnp_convex", 0.0, "jfb", 2, task_args=(("width", 32),)),
+    "bmo": Learned("pnp_convex", 0.0, task_args={"width": 32}),
+    "bmo_restart": Learned("pnp_convex", 0.0, "jfb", 2, task_args={"width": 32}),
     "bmo_cnn": Learned("pnp_lipschitz", 0.0),
 }
 DERAIN_LEARNED = {
@@ -190,9 +190,9 @@ def learned_method(task: str, task_args: dict, spec: Learned, args) -> dict:
     """Train one learned method on ``task`` and evaluate it: per-image scores and per-layer curves."""
     mu = method_mu(spec, args)
     config = train_config(args, mu, spec.hypergrad, spec.restarts)
-    problem = make_problem(task, {**task_args, **dict(spec.task_args), "operator": spec.operator})
+    problem = make_problem(task, {**task_args, **spec.task_args, "operator": spec.operator})
     info = {"operator": spec.operator, "mu": mu, "hypergrad": spec.hypergrad, "restarts": spec.restarts,
-            "task_args": dict(spec.task_args), "device": str(args.device)}
+            "task_args": spec.task_args, "device": str(args.device)}
     try:
         info.update(train_for(problem, config, args.minutes * 60.0))
         info["scores"] = score_images(problem, lambda b: problem.estimate(evaluate_solve(problem, b, config, K=K)[0]))
@@ -516,7 +516,7 @@ def run_config(args, task: str) -> dict:
         "outer_steps_cap": args.steps or STEP_CAP, "device": args.device, "test_images": list(TEST_IMAGES),
         "evaluation": "evaluate_solve at K (T alone, eval_mu=0); per-layer curves by layer_metrics to 4K",
         "learned": {name: {"operator": m.operator, "mu": method_mu(m, args), "hypergrad": m.hypergrad,
-                           "restarts": m.restarts, "task_args": dict(m.task_args),
+                           "restarts": m.restarts, "task_args": m.task_args,
                            "train": dataclasses.asdict(train_config(args, method_mu(m, args), m.hypergrad, m.restarts))}
                     for name, m in learned.items()},
     }

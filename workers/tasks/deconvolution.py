@@ -1,6 +1,6 @@
 """Image deconvolution y = k * x + n with a learned plug-and-play forward-backward operator.
 
-Two splittings (``scheme``), each with a learned step τ and a small CNN denoiser D_ω:
+Two splittings (``scheme``), each with a learned step τ and a learned denoiser D_ω:
 
 - ``"fb"`` (forward-backward): T(u) = Proj_[0,1](D_ω(u - τ Aᵀ(Au - y))), τ = (2/L)·sigmoid(t)
   ∈ (0, 2/L);
@@ -129,7 +129,7 @@ class Deconvolution(Problem):
             self.denoiser = LipschitzDenoiser(width=width, depth=depth, seed=seed).to(dt)
         elif operator == "pnp_convex":
             # R/τ starts as isotropic Huber-TV of weight λ = 0.1·noise: clip radius θ = λ·τ·‖∇‖, ‖∇‖ = √8
-            theta = 0.1 * max(self.noise, 1e-3) * float(self.step_size().detach()) * math.sqrt(8)
+            theta = 0.1 * max(self.noise, 1e-3) * (step / self.L) * math.sqrt(8)
             self.denoiser = ConvexRidgeDenoiser(channels=width, kernel=7, theta=theta, seed=seed).to(dt)
         else:
             self.denoiser = ResidualDenoiser(width=width, depth=depth, seed=seed).to(dt)
