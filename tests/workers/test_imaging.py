@@ -238,13 +238,13 @@ def _worst_ratio(denoiser, g) -> float:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("task, args, settings", [
-    ("deconvolution", {"operator": "pnp_lipschitz", "size": 64, "patch": 32, "width": 8, "depth": 3}, {"mu": 0.1, "K": 4}),
+    ("deconvolution", {"operator": "pnp_lipschitz", "size": 64, "patch": 32, "width": 8, "depth": 3}, {"mu": 0.1, "K": 4, "gamma": 1e-3}),
     ("deconvolution", {"operator": "pnp_convex", "scheme": "hqs", "size": 64, "patch": 32, "width": 8}, {"mu": 0.0, "K": 8}),
     ("derain", {"operator": "lipschitz", "size": 64, "patch": 32, "width": 8, "depth": 3}, {"mu": 0.1, "K": 4}),
 ])
 def test_short_training_improves_validation_psnr(task, args, settings):
     problem = make_problem(task, args)
-    config = BMOConfig(gamma=3e-3, outer_steps=60, eval_every=60, device="cpu", **settings)
+    config = BMOConfig(**{"gamma": 3e-3, **settings}, outer_steps=60, eval_every=60, device="cpu")
     before = evaluate(problem, config, "val")["psnr"]
     observed = sum(float(psnr(b.y.clamp(0, 1), b.x)) for b in problem.batches("val"))
     result = train(problem, config)

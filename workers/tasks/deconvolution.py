@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from workers.data import random_patches, split_images
+from workers.data import random_patches, split_images, training_images
 from workers.operators.blur import Blur, gaussian_kernel, motion_kernel, wiener
 from workers.operators.denoisers import ConvexRidgeDenoiser, LipschitzDenoiser, ResidualDenoiser
 from workers.problem import Problem
@@ -133,7 +133,7 @@ class Deconvolution(Problem):
             self.denoiser = ConvexRidgeDenoiser(channels=width, kernel=7, theta=theta, seed=seed).to(dt)
         else:
             self.denoiser = ResidualDenoiser(width=width, depth=depth, seed=seed).to(dt)
-        self._train_images = [im for _, im in split_images("train", size, dt)]
+        self._train_images = training_images(size, dt)
         self._fixed = {split: self._observe_split(split, dt) for split in ("val", "test")}
 
     # data -----------------------------------------------------------------------------

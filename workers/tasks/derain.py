@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from workers.data import random_patches, split_images
+from workers.data import random_patches, split_images, training_images
 from workers.operators.denoisers import LipschitzDenoiser, ResidualDenoiser
 from workers.operators.rain import add_rain, directional_derain
 from workers.problem import Problem
@@ -102,7 +102,7 @@ class Derain(Problem):
             self.offset_logit = nn.Parameter(torch.tensor(-4.0, dtype=dt))  # c = softplus(-4) ≈ 0.018
             # λ = softplus(t) starts at ``anchor``; anchor=0 turns the term off (not learned)
             self.anchor_logit = nn.Parameter(torch.tensor(anchor, dtype=dt).expm1().log()) if anchor > 0 else None
-        self._train_images = [im for _, im in split_images("train", size, dt)]
+        self._train_images = training_images(size, dt)
         self._fixed = {split: self._rain_split(split, dt) for split in ("val", "test")}
 
     # data ---------------------------------------------------------------------------------
