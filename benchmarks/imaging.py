@@ -38,7 +38,7 @@ CUDA) and evaluated with the evaluation solve at K (``evaluate_solve``: T alone,
 eval_mu=0). Deconvolution's K is 32 because a nonexpansive T reaches a TV-like fixed point
 slowly: Huber-TV with TV's tuned weight scores 27.1 dB at k=8 and 27.6 at k=32 (1% noise), and
 the convex model trained at K=8 stalled near 27.6 dB while at K=32 it reached 27.88 in 4 minutes
-(the same training data and budget). ``--jobs 2`` trains the two noise levels in parallel processes. "Untrained layers": for the learned methods, test PSNR and relative
+(the same training data). ``--jobs 2`` trains the two noise levels in parallel processes. "Untrained layers": for the learned methods, test PSNR and relative
 fixed-point residual after every layer k = 1..4K (``layer_metrics``), mean over the test
 images.
 
