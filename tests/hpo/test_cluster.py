@@ -168,16 +168,12 @@ def test_a_worker_node_that_dies_mid_job_loses_no_trial(tmp_path):
         driver = subprocess.Popen([sys.executable, "-m", "hpo.cli", "run", str(spec), "--address", cluster.address],
                                   cwd=tmp_path, env=cluster.env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         try:
-            at_kill: list[int] = []  # the numbers of the two trials mid-run when the node is killed
-
             def both_mid_run():  # each worker node is in the middle of a trial
                 try:
                     trials = optuna.load_study(study_name="t", storage=storage).get_trials()
                 except KeyError:
                     return False
-                running = [t.number for t in trials if t.state == TrialState.RUNNING and t.intermediate_values]
-                at_kill[:] = running
-                return len(running) == 2
+                return len([t for t in trials if t.state == TrialState.RUNNING and t.intermediate_values]) == 2
 
             wait_for(both_mid_run, 180, what="two trials reporting at once")
             cluster.kill_worker(2)
@@ -197,11 +193,8 @@ def test_a_worker_node_that_dies_mid_job_loses_no_trial(tmp_path):
     assert t.user_attrs["retries"] == len(reasons) in (1, 2), reasons
     reason = reasons[0]
     assert "node has died" in reason or "Socket closed" in reason, reason
-    # Both nodes had a trial mid-run at the kill; the lost one finished on the survivor, beside the other.
-    # (A trial may have completed on the killed node before the kill, so not every trial is on the survivor.)
-    assert t.number in at_kill
-    (survivor_trial,) = [u for u in trials if u.number in at_kill and u.number != t.number]
-    assert t.user_attrs["ray_node"] == survivor_trial.user_attrs["ray_node"]
+    # No assertion on which node each trial ended on: trials take a few seconds, so which ones a node ran
+    # before, at and after the kill is a race (two fresh-clone CI runs failed such assertions).
     assert t.value is not None and t.user_attrs["final_step"] == 300
     assert f"trial {t.number}: {reason}; restarting it (retry 1 of 2)" in output
     assert "4/4 finished: 4 complete, 0 pruned, 0 failed" in output
