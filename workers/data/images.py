@@ -75,10 +75,14 @@ def _training(size: int) -> tuple[np.ndarray, ...]:
     return tuple(out)
 
 
-def load_image(name: str, size: int, dtype: torch.dtype = torch.float32) -> Tensor:
-    """Image ``name`` as a (1, 1, size, size) tensor in [0, 1] (grayscale, centre-cropped square)."""
+def _check_size(size) -> None:
     if not isinstance(size, int) or isinstance(size, bool) or size < 16:
         raise ValueError(f"images: size must be an integer >= 16, got size={size!r}")
+
+
+def load_image(name: str, size: int, dtype: torch.dtype = torch.float32) -> Tensor:
+    """Image ``name`` as a (1, 1, size, size) tensor in [0, 1] (grayscale, centre-cropped square)."""
+    _check_size(size)
     return torch.from_numpy(_load(name, size).copy()).to(dtype)[None, None]
 
 
@@ -91,8 +95,7 @@ def split_images(split: str, size: int, dtype: torch.dtype = torch.float32) -> l
 
 def training_images(size: int, dtype: torch.dtype = torch.float32) -> list[Tensor]:
     """The training split as (1, 1, s, s) tensors in [0, 1]: each image's end squares at s = size and 2·size."""
-    if not isinstance(size, int) or isinstance(size, bool) or size < 16:
-        raise ValueError(f"images: size must be an integer >= 16, got size={size!r}")
+    _check_size(size)
     return [torch.from_numpy(image.copy()).to(dtype)[None, None] for image in _training(size)]
 
 
