@@ -29,6 +29,7 @@ def test_quick_imaging_run_writes_rows_layers_and_goals(tmp_path):
     assert set(deconv["goals"]) == {"bmo_beats_tv_by_margin", "bmo_ahead_of_every_baseline", "bmo_stable_past_K",
                                     "ena_degrades_past_K"}
 
-    assert {r["method"] for r in derain["rows"]} == {"rainy", "filter", "ena", "bmo"}
+    assert {r["method"] for r in derain["rows"]} == {"rainy", "filter", "ena", "bmo", "bmo_cnn"}
+    assert derain["config"]["learned"]["bmo"]["operator"] == "convex"
     assert all("noise" not in r for r in derain["rows"])
     assert "Deconvolution goals" in proc.stdout and "Derain goals" in proc.stdout

@@ -67,6 +67,10 @@ def test_deconvolution_schemes_check_their_arguments():
     make_problem("deconvolution", {"scheme": "hqs", "step": 3.0, "size": 32, "patch": 32, "kernel_size": 9})
     with pytest.raises(ValueError, match="operator='pnp_convex' needs an even width >= 2"):
         make_problem("deconvolution", {"operator": "pnp_convex", "width": 5, "size": 32, "patch": 32, "kernel_size": 9})
+    with pytest.raises(ValueError, match="operator='convex' needs an even width >= 2"):
+        make_problem("derain", {"operator": "convex", "width": 5, "size": 32, "patch": 16})
+    with pytest.raises(ValueError, match=r"beta \(the gradient step\) must be in \(0, 2\)"):
+        ConvexRidgeDenoiser(beta=2.0)
 
 
 def test_max_min_permutes_each_pair_so_it_keeps_norms_and_is_1_lipschitz():
@@ -116,8 +120,13 @@ def test_derain_data_prox_is_the_prox_of_its_data_term(anchor):
         assert float(grid[objective.argmin()]) == pytest.approx(float(gi), abs=2e-5)
 
 
-def test_anchored_derain_operator_is_a_contraction():
-    problem = make_problem("derain", {"size": 32, "patch": 16, "anchor": 0.5, "width": 4, "depth": 3, "dtype": "float64"})
+@pytest.mark.parametrize("operator", ["lipschitz", "convex"])
+def test_anchored_derain_operator_is_a_contraction(operator):
+    problem = make_problem("derain", {"size": 32, "patch": 16, "anchor": 0.5, "operator": operator, "width": 4, "depth": 3,
+                                      "dtype": "float64"})
+    if operator == "convex":  # its gradient step pushed to the edge of the nonexpansive range
+        with torch.no_grad():
+            problem.background.beta_logit.fill_(6.0)
     (batch, *_) = list(problem.batches("val"))
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
@@ -162,20 +171,22 @@ def _pushed_convex_denoiser() -> ConvexRidgeDenoiser:
 
 
 def test_convex_ridge_denoiser_is_a_gradient_step_on_its_potential():
-    """D(x) = x - ∇R(x) against autograd of R in float64, and R is convex along random segments."""
+    """D(x) = x - β∇R(x) against autograd of R in float64, and R is convex along random segments."""
     denoiser = _pushed_convex_denoiser()
+    beta = float(denoiser.step())
+    assert 1.0 < beta < 2.0  # pushed past the firmly nonexpansive range
     g = torch.Generator().manual_seed(2)
     x = torch.rand(3, 1, 20, 20, generator=g, dtype=torch.float64, requires_grad=True)
     (grad,) = torch.autograd.grad(denoiser.potential(x).sum(), x)
     with torch.no_grad():
-        assert float((denoiser(x) - (x - grad)).abs().max()) < 1e-12
+        assert float((denoiser(x) - (x - beta * grad)).abs().max()) < 1e-12
         y = torch.rand(x.shape, generator=g, dtype=torch.float64)
         for t in (0.2, 0.5, 0.9):
             mix = denoiser.potential(t * x + (1 - t) * y)
             assert bool((mix <= t * denoiser.potential(x) + (1 - t) * denoiser.potential(y) + 1e-12).all())
 
 
-def test_convex_ridge_filters_have_operator_norm_at_most_one_and_the_denoiser_is_firmly_nonexpansive():
+def test_convex_ridge_filters_have_operator_norm_at_most_one_and_the_denoiser_is_averaged():
     denoiser = _pushed_convex_denoiser()
     assert float(torch.fft.rfft2(denoiser.weight.detach()[:, 0], s=(32, 32)).abs().pow(2).sum(0).max()) > 1.5  # pushed
     with torch.no_grad():
@@ -190,19 +201,22 @@ def test_convex_ridge_filters_have_operator_norm_at_most_one_and_the_denoiser_is
             a = torch.randn(2, 1, 32, 32, generator=g, dtype=torch.float64)
             b = a + 0.1 * torch.randn(a.shape, generator=g, dtype=torch.float64)
             da, db = denoiser(a), denoiser(b)
-            # firm nonexpansiveness: ‖Da - Db‖² <= <Da - Db, a - b>
-            assert float(((da - db) ** 2).sum()) <= float(((da - db) * (a - b)).sum()) + 1e-12
+            # α-averaged, α = β/2: ‖Da - Db‖² <= ‖a - b‖² - (1 - α)/α ‖(I - D)a - (I - D)b‖²
+            alpha = float(denoiser.step()) / 2
+            ra, rb = a - da, b - db
+            bound = float(((a - b) ** 2).sum()) - (1 - alpha) / alpha * float(((ra - rb) ** 2).sum())
+            assert float(((da - db) ** 2).sum()) <= bound + 1e-12
 
 
 def test_convex_ridge_fft_correlation_is_the_circular_convolution_it_replaces():
-    """W x by FFT equals F.conv2d on circularly padded images (float64), and D = x - Wᵀclip(Wx) with both."""
+    """W x by FFT equals F.conv2d on circularly padded images (float64), and D = x - βWᵀclip(Wx) with both."""
     denoiser = _pushed_convex_denoiser()
     x = torch.rand(2, 1, 20, 24, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
     with torch.no_grad():
         weight = denoiser.filters((20, 24))
         z = conv(x, weight)
         assert float((denoiser._analysis(x)[0] - z).abs().max()) < 1e-12
-        assert float((denoiser(x) - (x - conv_adjoint(denoiser.clip(z), weight))).abs().max()) < 1e-12
+        assert float((denoiser(x) - (x - denoiser.step() * conv_adjoint(denoiser.clip(z), weight))).abs().max()) < 1e-12
     with pytest.raises(ValueError, match="images must be at least 5x5"):
         denoiser(torch.zeros(1, 1, 4, 8, dtype=torch.float64))
 
@@ -241,6 +255,7 @@ def _worst_ratio(denoiser, g) -> float:
     ("deconvolution", {"operator": "pnp_lipschitz", "size": 64, "patch": 32, "width": 8, "depth": 3}, {"mu": 0.1, "K": 4, "gamma": 1e-3}),
     ("deconvolution", {"operator": "pnp_convex", "scheme": "hqs", "size": 64, "patch": 32, "width": 8}, {"mu": 0.0, "K": 8}),
     ("derain", {"operator": "lipschitz", "size": 64, "patch": 32, "width": 8, "depth": 3}, {"mu": 0.1, "K": 4}),
+    ("derain", {"operator": "convex", "size": 64, "patch": 32, "width": 8}, {"mu": 0.0, "K": 8}),
 ])
 def test_short_training_improves_validation_psnr(task, args, settings):
     problem = make_problem(task, args)

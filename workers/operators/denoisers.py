@@ -10,13 +10,16 @@ theory asks. MaxMin (GroupSort of size 2, Anil et al. 2019) is 1-Lipschitz like 
 preserves gradient norms, so the constrained network loses less expressiveness (measured
 on deconvolution at 1%: +0.25 dB test PSNR over ReLU for the same training).
 
-``ConvexRidgeDenoiser``: D(x) = x - ∇R(x), R a learned convex ridge regularizer
+``ConvexRidgeDenoiser``: D(x) = x - β∇R(x), R a learned convex ridge regularizer
 (CRR-NN, Goujon et al. 2023): R(x) = Σ_pixels Σ_pairs huber_θ((W x)_pair), with W a circular
 convolution 1 → C scaled to ‖W‖ ≤ 1 (exactly, by FFT on the input's grid) and the channels
 taken in pairs whose 2-vector is clipped to a disc (isotropic, as in TV). ∇R = Wᵀ clip(W x) is
-1-Lipschitz and the gradient of a convex function, so D is firmly nonexpansive (Baillon–Haddad);
-in a PnP-HQS step T = D ∘ prox_τf the fixed point v = prox_τf(u*) minimises τ·f + R, a
-learned variational model. Initialised at isotropic Huber-TV (the first pair are forward
+1-Lipschitz and the gradient of a convex function (Baillon–Haddad: cocoercive), so for a
+learned step β ∈ (0, 2) D is β/2-averaged (firmly nonexpansive at β ≤ 1); in a PnP-HQS step
+T = D ∘ prox_τf, T is averaged too and the fixed point v = prox_τf(u*) minimises τ·f + β·R, a
+learned variational model. β near 2 halves the Huber zone a TV-like R needs for a given weight,
+which the K-step solve reaches in the same number of steps (measured at 3% noise: Huber-TV at
+TV's weight, 25.60 dB at β = 1 and 25.87 at β = 1.9 after 32 steps, step τL = 3). Initialised at isotropic Huber-TV (the first pair are forward
 differences): it starts where TV is and learns from there.
 
 ``ResidualDenoiser``: D(x) = x - R(x), R the same CNN without any constraint
@@ -32,6 +35,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 POWER_GRID = 32  # the power iteration runs on a 32×32 circular grid
+# The convex ridge denoiser's initial gradient step β: near the top of (0, 2). Measured on
+# deconvolution at 3% noise (K=32, 6 minutes): 26.07 dB test PSNR from β = 1.9 against 25.89
+# from β = 1 (which training lowered to 0.86, not raised).
+CONVEX_BETA = 1.9
 
 
 def _conv(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
@@ -118,21 +125,25 @@ class LipschitzDenoiser(nn.Module):
 
 
 class ConvexRidgeDenoiser(nn.Module):
-    """D(x) = x - Wᵀ clip_θ(W x): one gradient step on a learned convex ridge regularizer (firmly nonexpansive).
+    """D(x) = x - β Wᵀ clip_θ(W x): a gradient step of learned length β ∈ (0, 2) on a learned convex
+    ridge regularizer (β/2-averaged, so nonexpansive).
 
     ``channels`` (even) filters of ``kernel``×``kernel``; channel i pairs with i + channels/2.
     ``theta`` is the initial clip radius of every pair. The first pair starts as the forward
     differences (isotropic Huber-TV with weight θ/‖∇‖ = θ/√8), the others as small random
     filters (``extra`` times a unit filter). W and Wᵀ run as circular correlations by FFT
     (the same result as ``F.conv2d`` on circularly padded images, several times faster on CPU
-    for 7×7 filters).
+    for 7×7 filters). ``beta`` is the initial gradient step.
     """
 
-    def __init__(self, channels: int = 32, kernel: int = 7, theta: float = 0.01, seed: int = 0, extra: float = 0.01):
+    def __init__(self, channels: int = 32, kernel: int = 7, theta: float = 0.01, seed: int = 0, extra: float = 0.01,
+                 beta: float = CONVEX_BETA):
         super().__init__()
         if channels < 2 or channels % 2 or kernel < 3 or kernel % 2 == 0 or not theta > 0:
             raise ValueError(f"convex ridge denoiser: channels must be even and >= 2, kernel odd and >= 3, theta > 0; "
                              f"got channels={channels!r}, kernel={kernel!r}, theta={theta!r}")
+        if not 0 < beta < 2:
+            raise ValueError(f"convex ridge denoiser: beta (the gradient step) must be in (0, 2), got beta={beta!r}")
         gen = torch.Generator().manual_seed(seed)
         weight = extra * torch.randn(channels, 1, kernel, kernel, generator=gen) / kernel
         c, half = kernel // 2, channels // 2
@@ -141,6 +152,7 @@ class ConvexRidgeDenoiser(nn.Module):
         weight[half, 0, c, c], weight[half, 0, c + 1, c] = -1.0, 1.0  # ∂y, its pair
         self.weight = nn.Parameter(weight)
         self.theta_raw = nn.Parameter(torch.full((half,), math.log(math.expm1(theta))))
+        self.beta_logit = nn.Parameter(torch.logit(torch.tensor(beta / 2.0)))
 
     def _spectrum(self, shape: tuple[int, int]) -> tuple[Tensor, Tensor]:
         """The filters' frequency responses on a grid of ``shape`` (centred: correlation semantics) and
@@ -161,6 +173,10 @@ class ConvexRidgeDenoiser(nn.Module):
     def filters(self, shape: tuple[int, int]) -> Tensor:
         """W's spatial filters scaled to operator norm ≤ 1 as a circular convolution on a grid of ``shape``."""
         return self.weight / self._spectrum(shape)[1]
+
+    def step(self) -> Tensor:
+        """β = 2·sigmoid(b) ∈ (0, 2): the gradient step's length."""
+        return 2.0 * torch.sigmoid(self.beta_logit)
 
     def thresholds(self) -> Tensor:
         """θ per channel pair (> 0)."""
@@ -193,7 +209,7 @@ class ConvexRidgeDenoiser(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         z, response = self._analysis(x)
         synthesis = (torch.fft.rfft2(self.clip(z)) * response).sum(1, keepdim=True)
-        return x - torch.fft.irfft2(synthesis, s=x.shape[-2:])
+        return x - self.step().to(x.dtype) * torch.fft.irfft2(synthesis, s=x.shape[-2:])
 
 
 class ResidualDenoiser(nn.Module):

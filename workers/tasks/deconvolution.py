@@ -14,10 +14,11 @@ Denoisers (``operator``):
 - ``operator="pnp_lipschitz"``: D averaged with a spectrally normalised (1-Lipschitz) CNN,
   so the data step (gradient step with τ < 2/L, or the prox), D and the clamp are all
   nonexpansive and so is T (BMO's assumption);
-- ``operator="pnp_convex"``: D = I - ∇R with R a learned convex ridge regularizer
-  (``ConvexRidgeDenoiser``, ``width`` filters of 7×7 in isotropic pairs), firmly nonexpansive,
-  started at isotropic Huber-TV with weight 0.1·noise; with ``hqs`` the fixed point solves the
-  learned variational problem min τ·f + R, so iterating past K converges instead of drifting;
+- ``operator="pnp_convex"``: D = I - β∇R with R a learned convex ridge regularizer
+  (``ConvexRidgeDenoiser``, ``width`` filters of 7×7 in isotropic pairs) and a learned step
+  β ∈ (0, 2) (starting at 1.9), averaged, started at isotropic Huber-TV with weight 0.1·noise;
+  with ``hqs`` the fixed point solves the learned variational problem min τ·f + β·R, so
+  iterating past K converges instead of drifting;
 - ``operator="pnp_free"``: D = I - R with R an unconstrained CNN (what ENA unrolls).
 
 Data: scikit-image's grayscale images (``workers.data``): training on random patches with a
@@ -37,7 +38,7 @@ from torch import Tensor, nn
 
 from workers.data import random_patches, split_images, training_images
 from workers.operators.blur import Blur, gaussian_kernel, motion_kernel, wiener
-from workers.operators.denoisers import ConvexRidgeDenoiser, LipschitzDenoiser, ResidualDenoiser
+from workers.operators.denoisers import CONVEX_BETA, ConvexRidgeDenoiser, LipschitzDenoiser, ResidualDenoiser
 from workers.problem import Problem
 from workers.tasks._checks import check_choice, check_positive_ints
 
@@ -128,8 +129,8 @@ class Deconvolution(Problem):
         if operator == "pnp_lipschitz":
             self.denoiser = LipschitzDenoiser(width=width, depth=depth, seed=seed).to(dt)
         elif operator == "pnp_convex":
-            # R/τ starts as isotropic Huber-TV of weight λ = 0.1·noise: clip radius θ = λ·τ·‖∇‖, ‖∇‖ = √8
-            theta = 0.1 * max(self.noise, 1e-3) * (step / self.L) * math.sqrt(8)
+            # βR/τ starts as isotropic Huber-TV of weight λ = 0.1·noise: clip radius θ = λ·τ·‖∇‖/β, ‖∇‖ = √8
+            theta = 0.1 * max(self.noise, 1e-3) * (step / self.L) * math.sqrt(8) / CONVEX_BETA
             self.denoiser = ConvexRidgeDenoiser(channels=width, kernel=7, theta=theta, seed=seed).to(dt)
         else:
             self.denoiser = ResidualDenoiser(width=width, depth=depth, seed=seed).to(dt)
@@ -203,5 +204,9 @@ class Deconvolution(Problem):
         return {"psnr": float(psnr(u, batch.x).mean()), "ssim": sum(ssim(u, batch.x)) / u.shape[0]}
 
     def learned_values(self) -> dict[str, float]:
-        """The refined step as τ·L (the ``step`` argument's scale)."""
-        return {"step": float(self.step_size().detach()) * self.L}
+        """The refined step as τ·L (the ``step`` argument's scale), and for ``pnp_convex`` the
+        denoiser's gradient step β."""
+        out = {"step": float(self.step_size().detach()) * self.L}
+        if isinstance(self.denoiser, ConvexRidgeDenoiser):
+            out["beta"] = float(self.denoiser.step().detach())
+        return out

@@ -5,8 +5,10 @@ min_B g(B) + f(B), f(B) = c·‖O - B‖₁ + (λ/2)‖B - F‖² subject to B �
 brightness and is sparse; F = ``directional_derain(O)``, the classical estimate, anchors it):
 T(B) = Proj(D_ω(prox_f(B))), prox_f(B) = min((B + c + λF)/(1 + λ), O), with c, λ ≥ 0 learned
 (softplus) and D_ω the learned denoiser for g. prox_f is 1/(1 + λ)-Lipschitz, so with D
-1-Lipschitz (``operator="lipschitz"``) T is a contraction: one fixed point, reached at a
-linear rate from any start (without the anchor, ``anchor=0``, the +c drift toward O is held
+1-Lipschitz (``operator="lipschitz"``, or ``operator="convex"``: D = I - β∇R, a gradient step
+on a learned convex ridge regularizer R, ``ConvexRidgeDenoiser``, started at Huber-TV) T is a
+contraction: one fixed point, reached at a linear rate from any start (with ``convex`` the
+fixed point minimises f + β·R over the prox's variable, a learned variational model) (without the anchor, ``anchor=0``, the +c drift toward O is held
 back by D alone and the iterates drift past K). The rain estimate is O - B.
 
 ``model="pair"`` (a fixed point over the pair (B, R)):
@@ -37,15 +39,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from workers.data import random_patches, split_images, training_images
-from workers.operators.denoisers import LipschitzDenoiser, ResidualDenoiser
+from workers.operators.denoisers import CONVEX_BETA, ConvexRidgeDenoiser, LipschitzDenoiser, ResidualDenoiser
 from workers.operators.rain import add_rain, directional_derain
 from workers.problem import Problem
 from workers.tasks._checks import check_choice, check_positive_ints
 from workers.tasks.deconvolution import psnr, ssim
 
-OPERATORS = ("lipschitz", "free")
+OPERATORS = ("lipschitz", "convex", "free")
+NONEXPANSIVE = ("lipschitz", "convex")
 INITS = ("filter", "rainy")
 MODELS = ("prox", "pair")
+CONVEX_THETA = 0.02  # the convex prior βR starts as Huber-TV of weight CONVEX_THETA/√8 ≈ 0.007
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
@@ -86,15 +90,23 @@ class Derain(Problem):
         check_choice("derain", "init", init, INITS)
         check_choice("derain", "dtype", dtype, DTYPES)
         check_positive_ints("derain", size=size, patch=patch, batch_size=batch_size)
+        if operator == "convex" and (width < 2 or width % 2):
+            raise ValueError(f"derain: operator='convex' needs an even width >= 2 (its filters come in pairs), got width={width!r}")
         if patch > size:
             raise ValueError(f"derain: patch must be <= size, got patch={patch}, size={size}")
         dt = DTYPES[dtype]
         self.size, self.patch, self.batch_size, self.seed = size, patch, batch_size, seed
         self.density, self.init_name, self.model = density, init, model
         self.operator_name = operator
-        self.nonexpansive = operator == "lipschitz"
-        make = (lambda s: LipschitzDenoiser(width=width, depth=depth, seed=s)) if operator == "lipschitz" else (
-            lambda s: ResidualDenoiser(width=width, depth=depth, seed=s))
+        self.nonexpansive = operator in NONEXPANSIVE
+
+        def make(s: int) -> nn.Module:
+            if operator == "lipschitz":
+                return LipschitzDenoiser(width=width, depth=depth, seed=s)
+            if operator == "convex":
+                return ConvexRidgeDenoiser(channels=width, kernel=7, theta=CONVEX_THETA / CONVEX_BETA, seed=s)
+            return ResidualDenoiser(width=width, depth=depth, seed=s)
+
         self.background = make(seed).to(dt)
         if model == "pair":
             self.streaks = make(seed + 1).to(dt)
@@ -200,6 +212,8 @@ class Derain(Problem):
         out = {"offset": float(self.offset().detach())}
         if self.anchor_logit is not None:
             out["anchor"] = float(self.anchor().detach())
+        if isinstance(self.background, ConvexRidgeDenoiser):
+            out["beta"] = float(self.background.step().detach())
         return out
 
     def metrics(self, u: Tensor, batch: RainBatch) -> dict[str, float]:
