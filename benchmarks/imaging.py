@@ -55,8 +55,8 @@ Writes ``deconvolution.json`` and ``derain.json`` (keys ``machine``, ``config``,
 ``--out-dir``, and prints the tables. In ``deconvolution.json`` ``layers`` and ``methods``
 are keyed by method, then by noise level ("0.01", "0.03"); in ``derain.json`` by method only.
 
-Run (about 35 minutes on 2 CPU cores with the defaults and ``--jobs 2``: 27 for deconvolution,
-13 for derain):
+Run (about 45 minutes on 2 CPU cores with the defaults and ``--jobs 2``: 25 for deconvolution,
+19 for derain):
 
     python benchmarks/imaging.py [--tasks deconvolution,derain] [--K K] [--jobs J] [--minutes M] [--size N]
                                  [--mu MU] [--scheme S] [--out-dir DIR] [--quick]
