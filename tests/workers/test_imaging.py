@@ -173,7 +173,7 @@ def _pushed_convex_denoiser() -> ConvexRidgeDenoiser:
 def test_convex_ridge_denoiser_is_a_gradient_step_on_its_potential():
     """D(x) = x - β∇R(x) against autograd of R in float64, and R is convex along random segments."""
     denoiser = _pushed_convex_denoiser()
-    beta = float(denoiser.step())
+    beta = float(denoiser.step().detach())
     assert 1.0 < beta < 2.0  # pushed past the firmly nonexpansive range
     g = torch.Generator().manual_seed(2)
     x = torch.rand(3, 1, 20, 20, generator=g, dtype=torch.float64, requires_grad=True)
