@@ -32,8 +32,8 @@ SSIM per image for:
    (``lipschitz``, ``hypergrad="jfb"``, ``restarts=2``: trained at equilibrium), all with the
    task's ``prox`` model started from the filter's output.
 
-Learned methods: K=32 inner steps (``--K``), Adam with
-gamma=2e-3 (5e-3 for the convex models), CNNs of width 16 and depth 4 (the convex model: 32 filters of 7x7), batches of 8
+Learned methods: K=32 inner steps (``--K``), Adam with gamma=2e-3 (5e-3 for the convex
+models), CNNs of width 16 and depth 4 (the convex model: 32 filters of 7x7), batches of 8
 patches of 40x40, trained for a wall-clock budget (``--minutes`` per method: 6 on CPU, 10 on
 CUDA) and evaluated with the evaluation solve at K (``evaluate_solve``: T alone,
 eval_mu=0). Deconvolution's K is 32 because a nonexpansive T reaches a TV-like fixed point

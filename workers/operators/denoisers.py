@@ -19,8 +19,9 @@ learned step β ∈ (0, 2) D is β/2-averaged (firmly nonexpansive at β ≤ 1);
 T = D ∘ prox_τf, T is averaged too and the fixed point v = prox_τf(u*) minimises τ·f + β·R, a
 learned variational model. β near 2 halves the Huber zone a TV-like R needs for a given weight,
 which the K-step solve reaches in the same number of steps (measured at 3% noise: Huber-TV at
-TV's weight, 25.60 dB at β = 1 and 25.87 at β = 1.9 after 32 steps, step τL = 3). Initialised at isotropic Huber-TV (the first pair are forward
-differences): it starts where TV is and learns from there.
+TV's weight, 25.60 dB at β = 1 and 25.87 at β = 1.9 after 32 steps, step τL = 3).
+Initialised at isotropic Huber-TV (the first pair are forward differences): it starts where
+TV is and learns from there.
 
 ``ResidualDenoiser``: D(x) = x - R(x), R the same CNN without any constraint
 (the DnCNN form); what an ENA baseline unrolls.
