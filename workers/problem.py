@@ -102,8 +102,9 @@ class Problem(nn.Module):
         """Project onto the feasible set U in the H-norm; identity by default."""
         return u
 
-    def estimate(self, u: Tensor) -> Tensor:
-        """Return the estimate carried in the iterate (the iterate itself unless it holds extra state)."""
+    def estimate(self, u: Tensor, batch) -> Tensor:
+        """Return the estimate the iterate ``u`` stands for on ``batch``: the iterate itself unless it
+        holds extra state, or the estimate is read out of it (a splitting's shadow sequence)."""
         return u
 
     def learned_values(self) -> dict[str, float]:

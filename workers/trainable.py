@@ -42,7 +42,7 @@ def _artifacts(problem, config: BMOConfig, history: list[dict], metric: str) -> 
     test = next(iter(problem.batches("test")))
     if getattr(test, "x", None) is not None and test.x.ndim == 4:  # an image task: show a restoration
         u, _ = evaluate_solve(problem, test, config)
-        restored = problem.estimate(u)
+        restored = problem.estimate(u, test)
         quality = ", ".join(f"{k}={v:.4g}" for k, v in problem.metrics(u, test).items())
         names = ", ".join(getattr(test, "names", ()) or ())
         image = lambda t: t[0, 0].detach().float().cpu().numpy()  # noqa: E731

@@ -25,6 +25,7 @@ def test_quick_imaging_run_writes_rows_layers_and_goals(tmp_path):
         assert set(row) == {"method", "image", "noise", "psnr", "ssim", "train_seconds", "device"}
     assert {r["image"] for r in deconv["rows"]} == {"camera", "astronaut", "coffee"}
     assert deconv["config"]["learned"]["bmo"]["operator"] == "pnp_convex"
+    assert deconv["config"]["learned"]["bmo"]["task_args"]["scheme"] == "drs"
     assert len(deconv["layers"]["bmo"]["0.01"]["psnr"]) == 4 * deconv["config"]["K"]
     assert set(deconv["goals"]) == {"bmo_beats_tv_by_margin", "bmo_ahead_of_every_baseline", "bmo_stable_past_K",
                                     "ena_degrades_past_K"}

@@ -20,6 +20,9 @@ CASES = [
                        "width": 4, "depth": 3, "step": 3.0})
     for op in ("pnp_lipschitz", "pnp_convex", "pnp_free")
 ] + [
+    ("deconvolution", {"operator": "pnp_convex", "scheme": "drs", "kernel_size": 9, "size": 32, "patch": 16, "batch_size": 2,
+                       "width": 4})
+] + [
     ("derain", {"operator": op, "model": model, "size": 32, "patch": 16, "batch_size": 2, "width": 4, "depth": 3})
     for op in ("lipschitz", "free") for model in ("prox", "pair")
 ]
@@ -52,7 +55,7 @@ def test_shapes_dtypes_and_losses(case, device):
             assert tu.shape == u0.shape and tu.dtype == u0.dtype
         assert problem.project(u0, batch).shape == u0.shape
         loss = problem.upper_loss(u0, batch)
-        assert loss.ndim == 0 and math.isfinite(float(loss))
+        assert loss.ndim == 0 and math.isfinite(float(loss.detach()))
         assert problem.upper_grad(u0, batch).shape == u0.shape
         metrics = problem.metrics(problem.operator(u0, batch, 1), batch)
         assert metrics and all(isinstance(v, float) and math.isfinite(v) for v in metrics.values())

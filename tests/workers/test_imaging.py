@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from workers import BMOConfig, evaluate, make_problem, train
+from workers import BMOConfig, evaluate, hypergradient, inner_solve, make_problem, train
 from workers.operators import ConvexRidgeDenoiser, LipschitzDenoiser, directional_derain
 from workers.operators.denoisers import _conv as conv
 from workers.operators.denoisers import _conv_adjoint as conv_adjoint
@@ -65,6 +65,11 @@ def test_deconvolution_schemes_check_their_arguments():
     with pytest.raises(ValueError, match=r"step \(τ·L\) must be in \(0, 2\) for scheme='fb'"):
         make_problem("deconvolution", {"scheme": "fb", "step": 3.0, "size": 32, "patch": 32, "kernel_size": 9})
     make_problem("deconvolution", {"scheme": "hqs", "step": 3.0, "size": 32, "patch": 32, "kernel_size": 9})
+    with pytest.raises(ValueError, match="scheme='drs' needs operator='pnp_convex'"):
+        make_problem("deconvolution", {"scheme": "drs", "operator": "pnp_lipschitz", "size": 32, "patch": 32, "kernel_size": 9})
+    with pytest.raises(ValueError, match="scheme='drs' needs boundary='circular'"):
+        make_problem("deconvolution", {"scheme": "drs", "operator": "pnp_convex", "boundary": "zero", "size": 32, "patch": 32,
+                                       "kernel_size": 9})
     with pytest.raises(ValueError, match="operator='pnp_convex' needs an even width >= 2"):
         make_problem("deconvolution", {"operator": "pnp_convex", "width": 5, "size": 32, "patch": 32, "kernel_size": 9})
     with pytest.raises(ValueError, match="operator='convex' needs an even width >= 2"):
@@ -158,7 +163,7 @@ def test_lipschitz_denoiser_stays_nonexpansive_while_its_weights_are_pushed():
 
 def _pushed_convex_denoiser() -> ConvexRidgeDenoiser:
     """A convex ridge denoiser whose raw filters were driven far past norm 1 and thresholds moved."""
-    denoiser = ConvexRidgeDenoiser(channels=6, kernel=5, theta=0.05, seed=0).double()
+    denoiser = ConvexRidgeDenoiser(channels=6, kernel=5, tv_weight=0.03, seed=0).double()
     optimizer = torch.optim.Adam(denoiser.parameters(), lr=0.05)
     g = torch.Generator().manual_seed(1)
     for _ in range(30):
@@ -221,6 +226,23 @@ def test_convex_ridge_fft_correlation_is_the_circular_convolution_it_replaces():
         denoiser(torch.zeros(1, 1, 4, 8, dtype=torch.float64))
 
 
+@pytest.mark.parametrize("beta", [1.0, 1.9])
+def test_convex_ridge_denoiser_starts_as_huber_tv_of_the_given_weight(beta):
+    """With only the difference pair (no random filters), βR(x) = w·TV(x) - N·βθ²/2 when every pixel's
+    gradient lies beyond the Huber zone: TV isotropic with circular forward differences, θ = w√8/β."""
+    w = 0.003
+    denoiser = ConvexRidgeDenoiser(channels=2, kernel=3, tv_weight=w, extra=0.0, beta=beta).double()
+    i, j = torch.meshgrid(torch.arange(16.0), torch.arange(16.0), indexing="ij")
+    x = (0.1 * i + 0.3 * j).to(torch.float64).view(1, 1, 16, 16)  # every difference is 0.1, 0.3 or a wrap jump
+    dx, dy = x.roll(-1, dims=-1) - x, x.roll(-1, dims=-2) - x
+    tv = float((dx**2 + dy**2).sqrt().sum())
+    with torch.no_grad():
+        theta, step = float(denoiser.thresholds()[0]), float(denoiser.step())  # stored in float32 before .double()
+        assert step == pytest.approx(beta, rel=1e-6) and step * theta / math.sqrt(8) == pytest.approx(w, rel=1e-6)
+        expected = step * theta / math.sqrt(8) * tv - 16 * 16 * step * theta**2 / 2
+        assert float(step * denoiser.potential(x)) == pytest.approx(expected, rel=1e-9)
+
+
 def test_convex_hqs_fixed_point_solves_the_learned_variational_problem():
     """At the fixed point u* of T = D ∘ prox_τf (clamp inactive), v* = prox_τf(u*) satisfies
     τ·Aᵀ(Av* - y) + ∇R(v*) = 0: it minimises τ·f + R."""
@@ -238,6 +260,58 @@ def test_convex_hqs_fixed_point_solves_the_learned_variational_problem():
         grad_r = v - problem.denoiser(v)
         stationarity = problem.step_size() * problem.blur.adjoint(problem.blur(v) - batch.y) + grad_r
     assert float(stationarity.abs().max()) < 1e-8
+
+
+def test_convex_drs_fixed_point_solves_the_learned_variational_problem():
+    """At the fixed point z* of the relaxed Douglas–Rachford T, x* = prox_τf(z*) is a fixed point of the
+    forward-backward step on the same problem, x* = F(x* - τ·Aᵀ(Ax* - y)) with F = I - ∇R the prox of φ:
+    it minimises τ·f + φ. And x* is not HQS's Huber-smoothed solution."""
+    args = {"operator": "pnp_convex", "width": 4, "size": 32, "patch": 32, "kernel_size": 9, "dtype": "float64"}
+    problem = make_problem("deconvolution", {**args, "scheme": "drs"})
+    (batch,) = list(problem.batches("val"))
+    with torch.no_grad():
+        z = problem.init(batch)
+        for k in range(3000):
+            z = problem.operator(z, batch, k)
+        x = problem.data_step(z, batch)
+        v = x - problem.step_size() * problem.blur.adjoint(problem.blur(x) - batch.y)
+        beta = problem.denoiser.step()
+        prox_phi = v - (v - problem.denoiser(v)) / beta  # F(v) = v - ∇R(v), with D(v) = v - β∇R(v)
+        assert float((prox_phi - x).abs().max()) < 1e-8
+        assert float((problem.operator(z, batch, 1) - z).abs().max()) < 1e-8
+        hqs = make_problem("deconvolution", {**args, "scheme": "hqs", "step": float(problem.step_size() * problem.L)})
+        hqs.denoiser.load_state_dict(problem.denoiser.state_dict())
+        u = hqs.init(batch)
+        for k in range(3000):
+            u = hqs.operator(u, batch, k)
+        assert float((hqs.data_step(u, batch) - x).abs().max()) > 1e-3  # a different problem: τf + βR
+
+
+def test_convex_drs_unrolled_hypergradient_matches_finite_differences():
+    """The hypergradient through K relaxed Douglas–Rachford steps and the read-out x = prox_τf(z) (τ, β,
+    filters and thresholds all move) against central differences of ℓ in float64."""
+    problem = make_problem("deconvolution", {"operator": "pnp_convex", "scheme": "drs", "width": 4, "size": 32,
+                                             "patch": 16, "batch_size": 2, "kernel_size": 9, "dtype": "float64"})
+    config = BMOConfig(mu=0.0, K=6, hypergrad="unroll")
+    batch = next(problem.batches("train"))
+    params = [p for p in problem.parameters() if p.requires_grad]
+    grads = hypergradient(problem, batch, config).grads
+    g = torch.Generator().manual_seed(7)
+    direction = [torch.randn(p.shape, generator=g, dtype=torch.float64) for p in params]
+
+    def loss_at(eps: float) -> float:
+        saved = [p.detach().clone() for p in params]
+        with torch.no_grad():
+            for p, d in zip(params, direction):
+                p.add_(eps * d)
+            loss = float(problem.upper_loss(inner_solve(problem, batch, config).u, batch))
+            for p, s in zip(params, saved):
+                p.copy_(s)
+        return loss
+
+    analytic = sum(float((gr * d).sum()) for gr, d in zip(grads, direction))
+    numeric = (loss_at(1e-6) - loss_at(-1e-6)) / 2e-6
+    assert analytic == pytest.approx(numeric, rel=1e-6)
 
 
 def _worst_ratio(denoiser, g) -> float:

@@ -130,19 +130,20 @@ class ConvexRidgeDenoiser(nn.Module):
     ridge regularizer (β/2-averaged, so nonexpansive).
 
     ``channels`` (even) filters of ``kernel``×``kernel``; channel i pairs with i + channels/2.
-    ``theta`` is the initial clip radius of every pair. The first pair starts as the forward
-    differences (isotropic Huber-TV with weight θ/‖∇‖ = θ/√8), the others as small random
-    filters (``extra`` times a unit filter). W and Wᵀ run as circular correlations by FFT
+    The first pair starts as the forward differences scaled to norm 1 (∇/√8), the others as
+    small random filters (``extra`` times a unit filter); every pair's clip radius starts at
+    θ = tv_weight·√8/β, so that βR starts as isotropic Huber-TV of weight ``tv_weight``.
+    W and Wᵀ run as circular correlations by FFT
     (the same result as ``F.conv2d`` on circularly padded images, several times faster on CPU
     for 7×7 filters). ``beta`` is the initial gradient step.
     """
 
-    def __init__(self, channels: int = 32, kernel: int = 7, theta: float = 0.01, seed: int = 0, extra: float = 0.01,
-                 beta: float = CONVEX_BETA):
+    def __init__(self, channels: int = 32, kernel: int = 7, tv_weight: float = 0.01, seed: int = 0,
+                 extra: float = 0.01, beta: float = CONVEX_BETA):
         super().__init__()
-        if channels < 2 or channels % 2 or kernel < 3 or kernel % 2 == 0 or not theta > 0:
-            raise ValueError(f"convex ridge denoiser: channels must be even and >= 2, kernel odd and >= 3, theta > 0; "
-                             f"got channels={channels!r}, kernel={kernel!r}, theta={theta!r}")
+        if channels < 2 or channels % 2 or kernel < 3 or kernel % 2 == 0 or not tv_weight > 0:
+            raise ValueError(f"convex ridge denoiser: channels must be even and >= 2, kernel odd and >= 3, tv_weight > 0; "
+                             f"got channels={channels!r}, kernel={kernel!r}, tv_weight={tv_weight!r}")
         if not 0 < beta < 2:
             raise ValueError(f"convex ridge denoiser: beta (the gradient step) must be in (0, 2), got beta={beta!r}")
         gen = torch.Generator().manual_seed(seed)
@@ -152,6 +153,7 @@ class ConvexRidgeDenoiser(nn.Module):
         weight[0, 0, c, c], weight[0, 0, c, c + 1] = -1.0, 1.0  # ∂x
         weight[half, 0, c, c], weight[half, 0, c + 1, c] = -1.0, 1.0  # ∂y, its pair
         self.weight = nn.Parameter(weight)
+        theta = tv_weight * math.sqrt(8) / beta  # βθ‖(Wx)_pair‖ = tv_weight·‖∇x‖ beyond the Huber zone
         self.theta_raw = nn.Parameter(torch.full((half,), math.log(math.expm1(theta))))
         self.beta_logit = nn.Parameter(torch.logit(torch.tensor(beta / 2.0)))
 

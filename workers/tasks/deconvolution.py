@@ -1,13 +1,20 @@
 """Image deconvolution y = k * x + n with a learned plug-and-play forward-backward operator.
 
-Two splittings (``scheme``), each with a learned step τ and a learned denoiser D_ω:
+Three splittings (``scheme``), each with a learned step τ and a learned denoiser D_ω:
 
 - ``"fb"`` (forward-backward): T(u) = Proj_[0,1](D_ω(u - τ Aᵀ(Au - y))), τ = (2/L)·sigmoid(t)
   ∈ (0, 2/L);
 - ``"hqs"`` (half-quadratic splitting): T(u) = Proj_[0,1](D_ω(prox_τf(u))), f = ½‖Au - y‖²,
   prox_τf(u) = (AᵀA + I/τ)⁻¹(Aᵀy + u/τ) in closed form by FFT (circular boundary only),
   τ = exp(t) > 0. The prox is firmly nonexpansive for every τ, and it restores the
-  frequencies the blur attenuates in one step where the gradient step needs many.
+  frequencies the blur attenuates in one step where the gradient step needs many;
+- ``"drs"`` (relaxed Douglas–Rachford, ``pnp_convex`` only): the iterate is z and the image
+  x = prox_τf(z); T(z) = (2 - β)(z - x) + D(2x - z) with D = I - β∇R, which is
+  z + β(F(2x - z) - x) for F = I - ∇R, the prox of a convex φ (∇R is cocoercive). T is
+  β/2-averaged and x* = prox_τf(z*) minimises τ·f + φ: φ keeps R's ℓ1-like slope but only
+  a (1 - w²)-narrower quadratic zone (w the filter response), so unlike HQS's τ·f + β·R the
+  solution is not Huber-smoothed where the filters are tight. The iterate is not an image, so
+  nothing is clamped in T; the estimate is x clamped to [0, 1].
 
 Denoisers (``operator``):
 
@@ -17,8 +24,8 @@ Denoisers (``operator``):
 - ``operator="pnp_convex"``: D = I - β∇R with R a learned convex ridge regularizer
   (``ConvexRidgeDenoiser``, ``width`` filters of 7×7 in isotropic pairs) and a learned step
   β ∈ (0, 2) (starting at 1.9), averaged, started at isotropic Huber-TV with weight 0.1·noise;
-  with ``hqs`` the fixed point solves the learned variational problem min τ·f + β·R, so
-  iterating past K converges instead of drifting;
+  with ``hqs`` or ``drs`` the fixed point solves a learned variational problem (τ·f + β·R or
+  τ·f + φ), so iterating past K converges instead of drifting;
 - ``operator="pnp_free"``: D = I - R with R an unconstrained CNN (what ENA unrolls).
 
 Data: scikit-image's grayscale images (``workers.data``): training on random patches with a
@@ -44,7 +51,8 @@ from workers.tasks._checks import check_choice, check_positive_ints
 
 OPERATORS = ("pnp_lipschitz", "pnp_convex", "pnp_free")
 NONEXPANSIVE = ("pnp_lipschitz", "pnp_convex")
-SCHEMES = ("fb", "hqs")
+SCHEMES = ("fb", "hqs", "drs")
+PROX_SCHEMES = ("hqs", "drs")  # the data term by its prox (FFT: circular boundary only)
 KERNELS = ("gaussian", "motion")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -100,15 +108,20 @@ class Deconvolution(Problem):
         check_choice("deconvolution", "kernel", kernel, KERNELS)
         check_choice("deconvolution", "operator", operator, OPERATORS)
         check_choice("deconvolution", "scheme", scheme, SCHEMES)
-        if scheme == "hqs" and boundary != "circular":
-            raise ValueError(f"deconvolution: scheme='hqs' needs boundary='circular' (its prox is solved by FFT), got boundary={boundary!r}")
+        if scheme in PROX_SCHEMES and boundary != "circular":
+            raise ValueError(f"deconvolution: scheme={scheme!r} needs boundary='circular' (its prox is solved by FFT), "
+                             f"got boundary={boundary!r}")
+        if scheme == "drs" and operator != "pnp_convex":
+            raise ValueError(f"deconvolution: scheme='drs' needs operator='pnp_convex' (its reflection is nonexpansive only "
+                             f"for D = I - β∇R with R convex), got operator={operator!r}")
         check_choice("deconvolution", "dtype", dtype, DTYPES)
         if not (isinstance(noise, (int, float)) and 0 <= noise < 1):
             raise ValueError(f"deconvolution: noise must be in [0, 1), got noise={noise!r}")
-        if step is None:  # τ·L: the convex model's prox step starts large (its R then weighs like TV)
+        if step is None:  # τ·L: the convex model's HQS prox step starts large (its R then weighs like TV)
             step = 10.0 if operator == "pnp_convex" and scheme == "hqs" else 1.0
-        if not (isinstance(step, (int, float)) and 0 < step and (step < 2 or scheme == "hqs")):
-            raise ValueError(f"deconvolution: step (τ·L) must be in (0, 2) for scheme='fb' and > 0 for 'hqs', got step={step!r}")
+        if not (isinstance(step, (int, float)) and 0 < step and (step < 2 or scheme in PROX_SCHEMES)):
+            raise ValueError(f"deconvolution: step (τ·L) must be in (0, 2) for scheme='fb' and > 0 for 'hqs' and 'drs', "
+                             f"got step={step!r}")
         check_positive_ints("deconvolution", kernel_size=kernel_size, size=size, patch=patch, batch_size=batch_size)
         if not kernel_size <= patch <= size:
             raise ValueError(f"deconvolution: kernel_size <= patch <= size must hold, got {kernel_size=}, {patch=}, {size=}")
@@ -123,15 +136,16 @@ class Deconvolution(Problem):
         self.operator_name, self.scheme = operator, scheme
         self.nonexpansive = operator in NONEXPANSIVE
         self.L = float(self.blur.lipschitz())
-        # fb: τ = (2/L)·sigmoid(t); hqs: τ = exp(t)/L
+        # fb: τ = (2/L)·sigmoid(t); hqs, drs: τ = exp(t)/L
         t = math.log(step / (2 - step)) if scheme == "fb" else math.log(step)
         self.step_logit = nn.Parameter(torch.tensor(t, dtype=dt))
         if operator == "pnp_lipschitz":
             self.denoiser = LipschitzDenoiser(width=width, depth=depth, seed=seed).to(dt)
         elif operator == "pnp_convex":
-            # βR/τ starts as isotropic Huber-TV of weight λ = 0.1·noise: clip radius θ = λ·τ·‖∇‖/β, ‖∇‖ = √8
-            theta = 0.1 * max(self.noise, 1e-3) * (step / self.L) * math.sqrt(8) / CONVEX_BETA
-            self.denoiser = ConvexRidgeDenoiser(channels=width, kernel=7, theta=theta, seed=seed).to(dt)
+            # The regularizer of the fixed point's problem (βR for hqs and fb, φ ≈ R beyond its quadratic
+            # zone for drs) over τ starts as isotropic Huber-TV of weight λ = 0.1·noise
+            weight = 0.1 * max(self.noise, 1e-3) * step / self.L * (CONVEX_BETA if scheme == "drs" else 1.0)
+            self.denoiser = ConvexRidgeDenoiser(channels=width, kernel=7, tv_weight=weight, seed=seed, beta=CONVEX_BETA).to(dt)
         else:
             self.denoiser = ResidualDenoiser(width=width, depth=depth, seed=seed).to(dt)
         self._train_images = training_images(size, dt)
@@ -166,13 +180,13 @@ class Deconvolution(Problem):
 
     def step_size(self) -> Tensor:
         """τ: (2/L)·sigmoid(t) for fb (inside (0, 2/L), where the gradient step is averaged);
-        exp(t)/L for hqs (any τ > 0 keeps the prox firmly nonexpansive)."""
+        exp(t)/L for hqs and drs (any τ > 0 keeps the prox firmly nonexpansive)."""
         if self.scheme == "fb":
             return 2.0 / self.L * torch.sigmoid(self.step_logit)
         return torch.exp(self.step_logit) / self.L
 
     def data_step(self, u: Tensor, batch: ImageBatch) -> Tensor:
-        """The data-fidelity half of T: a gradient step (fb) or the prox of τ·½‖Au - y‖² (hqs)."""
+        """The data-fidelity half of T: a gradient step (fb) or the prox of τ·½‖Au - y‖² (hqs, drs)."""
         tau = self.step_size()
         if self.scheme == "fb":
             return u - tau * self.blur.adjoint(self.blur(u) - batch.y)
@@ -188,20 +202,29 @@ class Deconvolution(Problem):
         return wiener(batch.y, self.blur, max(1e-3, 100.0 * self.noise**2)).clamp(0.0, 1.0)
 
     def operator(self, u: Tensor, batch: ImageBatch, k: int) -> Tensor:
-        return self.project(self.denoiser(self.data_step(u, batch)), batch)
+        x = self.data_step(u, batch)
+        if self.scheme == "drs":
+            return (2 - self.denoiser.step().to(u.dtype)) * (u - x) + self.denoiser(2 * x - u)
+        return self.project(self.denoiser(x), batch)
 
     def project(self, u: Tensor, batch: ImageBatch) -> Tensor:
-        return u.clamp(0.0, 1.0)
+        """The box [0, 1] (fb, hqs: the iterate is the image); nothing for drs (the iterate is z)."""
+        return u if self.scheme == "drs" else u.clamp(0.0, 1.0)
+
+    def estimate(self, u: Tensor, batch: ImageBatch) -> Tensor:
+        """The image: the iterate itself (fb, hqs), or prox_τf(z) clamped to [0, 1] (drs)."""
+        return self.data_step(u, batch).clamp(0.0, 1.0) if self.scheme == "drs" else u
 
     def upper_loss(self, u: Tensor, batch: ImageBatch) -> Tensor:
-        return 0.5 * ((u - batch.x) ** 2).flatten(1).sum(1).mean()
+        return 0.5 * ((self.estimate(u, batch) - batch.x) ** 2).flatten(1).sum(1).mean()
 
     def upper_grad(self, u: Tensor, batch: ImageBatch) -> Tensor:
-        return u - batch.x
+        return super().upper_grad(u, batch) if self.scheme == "drs" else u - batch.x
 
     def metrics(self, u: Tensor, batch: ImageBatch) -> dict[str, float]:
-        u = u.detach()
-        return {"psnr": float(psnr(u, batch.x).mean()), "ssim": sum(ssim(u, batch.x)) / u.shape[0]}
+        with torch.no_grad():  # drs reads the image out through τ, a parameter
+            x = self.estimate(u.detach(), batch)
+        return {"psnr": float(psnr(x, batch.x).mean()), "ssim": sum(ssim(x, batch.x)) / x.shape[0]}
 
     def learned_values(self) -> dict[str, float]:
         """The refined step as τ·L (the ``step`` argument's scale), and for ``pnp_convex`` the

@@ -31,6 +31,7 @@ the same number again); metrics
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -39,7 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from workers.data import random_patches, split_images, training_images
-from workers.operators.denoisers import CONVEX_BETA, ConvexRidgeDenoiser, LipschitzDenoiser, ResidualDenoiser
+from workers.operators.denoisers import ConvexRidgeDenoiser, LipschitzDenoiser, ResidualDenoiser
 from workers.operators.rain import add_rain, directional_derain
 from workers.problem import Problem
 from workers.tasks._checks import check_choice, check_positive_ints
@@ -49,7 +50,7 @@ OPERATORS = ("lipschitz", "convex", "free")
 NONEXPANSIVE = ("lipschitz", "convex")
 INITS = ("filter", "rainy")
 MODELS = ("prox", "pair")
-CONVEX_THETA = 0.02  # the convex prior βR starts as Huber-TV of weight CONVEX_THETA/√8 ≈ 0.007
+CONVEX_TV_WEIGHT = 0.02 / math.sqrt(8)  # the convex prior βR starts as Huber-TV of this weight (≈ 0.007)
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
@@ -104,7 +105,7 @@ class Derain(Problem):
             if operator == "lipschitz":
                 return LipschitzDenoiser(width=width, depth=depth, seed=s)
             if operator == "convex":
-                return ConvexRidgeDenoiser(channels=width, kernel=7, theta=CONVEX_THETA / CONVEX_BETA, seed=s)
+                return ConvexRidgeDenoiser(channels=width, kernel=7, tv_weight=CONVEX_TV_WEIGHT, seed=s)
             return ResidualDenoiser(width=width, depth=depth, seed=s)
 
         self.background = make(seed).to(dt)
@@ -164,7 +165,7 @@ class Derain(Problem):
             return background
         return torch.cat((background, batch.y - background), dim=1)
 
-    def estimate(self, u: Tensor) -> Tensor:
+    def estimate(self, u: Tensor, batch: RainBatch) -> Tensor:
         return u[:, :1]
 
     def offset(self) -> Tensor:
@@ -217,5 +218,5 @@ class Derain(Problem):
         return out
 
     def metrics(self, u: Tensor, batch: RainBatch) -> dict[str, float]:
-        b = self.estimate(u.detach())
+        b = self.estimate(u.detach(), batch)
         return {"psnr": float(psnr(b, batch.x).mean()), "ssim": sum(ssim(b, batch.x)) / b.shape[0]}

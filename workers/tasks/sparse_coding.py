@@ -146,7 +146,7 @@ class SparseCoding(Problem):
         shape = (batch.y.shape[0], 2, self.n) if self.operator_name == "fista" else (batch.y.shape[0], self.n)
         return torch.zeros(shape, dtype=batch.y.dtype, device=batch.y.device)
 
-    def estimate(self, u: Tensor) -> Tensor:
+    def estimate(self, u: Tensor, batch: SparseBatch) -> Tensor:
         return u[:, 0] if self.operator_name == "fista" else u
 
     def operator(self, u: Tensor, batch: SparseBatch, k: int) -> Tensor:
@@ -163,7 +163,7 @@ class SparseCoding(Problem):
         return soft_threshold(y @ self.W1[i].T + u @ self.S[i].T, self.theta[i])
 
     def upper_loss(self, u: Tensor, batch: SparseBatch) -> Tensor:
-        return 0.5 * ((self.estimate(u) - batch.x) ** 2).sum(-1).mean()
+        return 0.5 * ((self.estimate(u, batch) - batch.x) ** 2).sum(-1).mean()
 
     def upper_grad(self, u: Tensor, batch: SparseBatch) -> Tensor:
         if self.operator_name == "fista":
@@ -171,7 +171,7 @@ class SparseCoding(Problem):
         return u - batch.x
 
     def metrics(self, u: Tensor, batch: SparseBatch) -> dict[str, float]:
-        err = ((self.estimate(u).detach() - batch.x) ** 2).sum()
+        err = ((self.estimate(u, batch).detach() - batch.x) ** 2).sum()
         return {"nmse_db": float(10 * torch.log10(err / (batch.x**2).sum()))}
 
     def learned_values(self) -> dict[str, float]:
@@ -182,5 +182,5 @@ class SparseCoding(Problem):
 
     def lasso_objective(self, u: Tensor, batch: SparseBatch) -> Tensor:
         """Per-sample LASSO objective ½‖Ax - y‖² + λ‖x‖₁ of the estimate in ``u``."""
-        x = self.estimate(u)
+        x = self.estimate(u, batch)
         return 0.5 * ((x @ self.A.T - batch.y) ** 2).sum(-1) + self.lam * x.abs().sum(-1)
