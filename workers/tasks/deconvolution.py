@@ -1,4 +1,4 @@
-"""Image deconvolution y = k * x + n with a learned plug-and-play forward-backward operator.
+"""Image deconvolution y = k * x + n with a learned plug-and-play splitting operator.
 
 Three splittings (``scheme``), each with a learned step τ and a learned denoiser D_ω:
 
@@ -31,7 +31,8 @@ Denoisers (``operator``):
 Data: scikit-image's grayscale images (``workers.data``): training on random patches with a
 fresh noise draw each step, validation on chelsea, test on camera / astronaut / coffee, all
 blurred with the same seeded kernel (Gaussian or motion) and noise of ``noise`` times the
-dynamic range. ℓ = ½‖u - x‖² per image; metrics ``psnr`` and ``ssim`` (scikit-image).
+dynamic range. ℓ = ½‖x̂ - x‖² per image, x̂ the estimate (``estimate``: the iterate, or drs's read-out);
+metrics ``psnr`` and ``ssim`` (scikit-image) of x̂.
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ def ssim(u: Tensor, x: Tensor) -> list[float]:
 
 
 class Deconvolution(Problem):
-    """Non-blind deconvolution with a learned PnP forward-backward step."""
+    """Non-blind deconvolution with a learned PnP splitting step (fb, hqs or drs)."""
 
     upper_loss_needs_truth = True
 
