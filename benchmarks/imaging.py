@@ -26,9 +26,9 @@ SSIM per image for:
 
    ENA and ``bmo_cnn`` use the splitting ``--scheme`` (default ``hqs``: the data term's prox by
    FFT, then the denoiser; ``drs`` needs the convex model). The convex rows' ``drs`` fixed point
-   is not Huber-smoothed the way HQS's τ·f + β·R is: trained 6 minutes (two runs side by side),
-   26.40 dB against HQS's 26.21 at 3% noise and 28.15 against 28.04 at 1%. Every learned
-   method starts from the Wiener estimate. Wiener and TV
+   is not Huber-smoothed the way HQS's τ·f + β·R is (this benchmark with the convex rows on
+   HQS: 28.00 / 26.17 dB at 1% / 3%; on drs: 28.14 / 26.39). Every learned method starts
+   from the Wiener estimate. Wiener and TV
    outputs are clamped to [0, 1] (so are the learned solvers' images).
 2. Deraining (synthetic streaks, size 128): ``rainy`` (the input), ``filter``
    (``directional_derain``), ``ena`` (operator ``free``, mu=0, unrolled), ``bmo`` (``convex``:
