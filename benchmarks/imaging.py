@@ -28,8 +28,8 @@ SSIM per image for:
    FFT, then the denoiser; ``drs`` needs the convex model). The convex rows' ``drs`` fixed point
    is not Huber-smoothed the way HQS's τ·f + β·R is (this benchmark with the convex rows on
    HQS: 28.00 / 26.17 dB at 1% / 3%; on drs: 28.14 / 26.39). Every learned method starts
-   from the Wiener estimate. Wiener and TV
-   outputs are clamped to [0, 1] (so are the learned solvers' images).
+   from the Wiener estimate. Wiener and TV outputs are clamped to [0, 1] (so are the learned
+   solvers' images).
 2. Deraining (synthetic streaks, size 128): ``rainy`` (the input), ``filter``
    (``directional_derain``), ``ena`` (operator ``free``, mu=0, unrolled), ``bmo`` (``convex``:
    the convex ridge prior, 32 filters, mu=0 unless ``--mu``, unrolled) and ``bmo_cnn``

@@ -245,7 +245,7 @@ def test_convex_ridge_denoiser_starts_as_huber_tv_of_the_given_weight(beta):
 
 def test_convex_hqs_fixed_point_solves_the_learned_variational_problem():
     """At the fixed point u* of T = D ∘ prox_τf (clamp inactive), v* = prox_τf(u*) satisfies
-    τ·Aᵀ(Av* - y) + ∇R(v*) = 0: it minimises τ·f + R."""
+    τ·Aᵀ(Av* - y) + β∇R(v*) = 0: it minimises τ·f + β·R."""
     problem = make_problem("deconvolution", {"operator": "pnp_convex", "scheme": "hqs", "width": 4, "size": 32,
                                              "patch": 32, "kernel_size": 9, "dtype": "float64"})
     (val,) = list(problem.batches("val"))
@@ -257,8 +257,8 @@ def test_convex_hqs_fixed_point_solves_the_learned_variational_problem():
             u = problem.operator(u, batch, k)
         assert float(((u > 0) & (u < 1)).float().min()) == 1.0
         v = problem.data_step(u, batch)
-        grad_r = v - problem.denoiser(v)
-        stationarity = problem.step_size() * problem.blur.adjoint(problem.blur(v) - batch.y) + grad_r
+        beta_grad_r = v - problem.denoiser(v)  # D = I - β∇R
+        stationarity = problem.step_size() * problem.blur.adjoint(problem.blur(v) - batch.y) + beta_grad_r
     assert float(stationarity.abs().max()) < 1e-8
 
 

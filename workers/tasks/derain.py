@@ -7,9 +7,10 @@ T(B) = Proj(D_ω(prox_f(B))), prox_f(B) = min((B + c + λF)/(1 + λ), O), with c
 (softplus) and D_ω the learned denoiser for g. prox_f is 1/(1 + λ)-Lipschitz, so with D
 1-Lipschitz (``operator="lipschitz"``, or ``operator="convex"``: D = I - β∇R, a gradient step
 on a learned convex ridge regularizer R, ``ConvexRidgeDenoiser``, started at Huber-TV) T is a
-contraction: one fixed point, reached at a linear rate from any start (with ``convex`` the
-fixed point minimises f + β·R over the prox's variable, a learned variational model) (without the anchor, ``anchor=0``, the +c drift toward O is held
-back by D alone and the iterates drift past K). The rain estimate is O - B.
+contraction: one fixed point, reached at a linear rate from any start. With ``convex`` that
+fixed point minimises f + β·R over the prox's variable, a learned variational model. Without
+the anchor (``anchor=0``) the +c drift toward O is held back by D alone and the iterates
+drift past K. The rain estimate is O - B.
 
 ``model="pair"`` (a fixed point over the pair (B, R)):
 T(B, R) = Proj(½(B, R) + ½(D_ω(O - R), S_ω(O - B))): the background is pulled toward the
