@@ -134,7 +134,13 @@ def test_a_killed_trial_process_is_restarted_or_fails_once_retries_are_used_up(t
     driver = subprocess.Popen([sys.executable, "-m", "hpo.cli", "run", str(spec), "--address", ray_address],
                               cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        (checked_in,) = wait_for(lambda: list(log.glob("*.in")), 120, what="the trial's start")
+        def started():  # the trial's check-in file; a driver that already exited fails at once, with its output
+            if driver.poll() is not None:
+                raise AssertionError(f"the driver exited ({driver.returncode}) before the trial started: {driver.stdout.read()[-3000:]}")
+            return list(log.glob("*.in"))
+
+        # 300 s: under a loaded CPU (another training run beside the suite) 120 s was once too short
+        (checked_in,) = wait_for(started, 300, what="the trial's start")
         os.kill(int(checked_in.name.split("-")[0]), signal.SIGKILL)  # the trial's worker process, mid-trial
         (log / "release").touch()
         output = driver.communicate(timeout=300)[0]
