@@ -34,3 +34,16 @@ def test_quick_imaging_run_writes_rows_layers_and_goals(tmp_path):
     assert derain["config"]["learned"]["bmo"]["operator"] == "convex"
     assert all("noise" not in r for r in derain["rows"])
     assert "Deconvolution goals" in proc.stdout and "Derain goals" in proc.stdout
+
+
+@pytest.mark.slow
+def test_quick_adaptive_run_gives_the_convex_rows_a_threshold_map(tmp_path):
+    proc = subprocess.run([sys.executable, "benchmarks/imaging.py", "--quick", "--tasks", "deconvolution", "--adaptive",
+                           "--out-dir", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    deconv = json.loads((tmp_path / "deconvolution.json").read_text())
+    learned = deconv["config"]["learned"]
+    assert learned["bmo"]["task_args"] == learned["bmo_restart"]["task_args"] == {"width": 32, "scheme": "drs", "adaptive": True}
+    assert "adaptive" not in learned["ena"]["task_args"] and "adaptive" not in learned["bmo_cnn"]["task_args"]
+    assert deconv["methods"]["bmo"]["0.01"]["task_args"]["adaptive"] is True
+    assert "error" not in deconv["methods"]["bmo"]["0.01"]

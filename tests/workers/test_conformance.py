@@ -21,7 +21,8 @@ CASES = [
     for op in ("pnp_lipschitz", "pnp_convex", "pnp_free")
 ] + [
     ("deconvolution", {"operator": "pnp_convex", "scheme": "drs", "kernel_size": 9, "size": 32, "patch": 16, "batch_size": 2,
-                       "width": 4})
+                       "width": 4, "adaptive": adaptive})
+    for adaptive in (False, True)
 ] + [
     ("derain", {"operator": op, "model": model, "size": 32, "patch": 16, "batch_size": 2, "width": 4, "depth": 3})
     for op in ("lipschitz", "free") for model in ("prox", "pair")
@@ -29,7 +30,8 @@ CASES = [
 
 
 def _ids(case):
-    return "-".join(filter(None, [case[0], case[1].get("operator"), case[1].get("scheme"), case[1].get("model"), case[1].get("kernel")]))
+    return "-".join(filter(None, [case[0], case[1].get("operator"), case[1].get("scheme"), case[1].get("model"), case[1].get("kernel"),
+                                  "adaptive" if case[1].get("adaptive") else None]))
 
 
 @pytest.fixture(params=CASES, ids=_ids)

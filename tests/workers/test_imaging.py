@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from workers import BMOConfig, evaluate, hypergradient, inner_solve, make_problem, train
-from workers.operators import ConvexRidgeDenoiser, LipschitzDenoiser, directional_derain
+from workers.operators import ConvexRidgeDenoiser, LipschitzDenoiser, ThresholdMap, directional_derain
 from workers.operators.denoisers import _conv as conv
 from workers.operators.denoisers import _conv_adjoint as conv_adjoint
 from workers.operators.denoisers import max_min
@@ -191,6 +191,60 @@ def test_convex_ridge_denoiser_is_a_gradient_step_on_its_potential():
             assert bool((mix <= t * denoiser.potential(x) + (1 - t) * denoiser.potential(y) + 1e-12).all())
 
 
+def test_pixelwise_thresholds_keep_the_denoiser_a_gradient_step_on_a_convex_potential_and_averaged():
+    """With thresholds θ·scale varying per pixel: D(x, scale) = x - β∇R_scale(x) against autograd in float64,
+    R_scale convex along segments, D β/2-averaged on random pairs, and a different map from the unweighted one."""
+    denoiser = _pushed_convex_denoiser()
+    beta = float(denoiser.step().detach())
+    g = torch.Generator().manual_seed(8)
+    scale = torch.exp(1.5 * torch.randn(3, 3, 20, 20, generator=g, dtype=torch.float64))  # 6 filters: 3 pairs
+    x = torch.rand(3, 1, 20, 20, generator=g, dtype=torch.float64, requires_grad=True)
+    (grad,) = torch.autograd.grad(denoiser.potential(x, scale).sum(), x)
+    with torch.no_grad():
+        assert float((denoiser(x, scale) - (x - beta * grad)).abs().max()) < 1e-12
+        assert float((denoiser(x, scale) - denoiser(x)).abs().max()) > 1e-3
+        y = torch.rand(x.shape, generator=g, dtype=torch.float64)
+        for t in (0.2, 0.5, 0.9):
+            mix = denoiser.potential(t * x + (1 - t) * y, scale)
+            assert bool((mix <= t * denoiser.potential(x, scale) + (1 - t) * denoiser.potential(y, scale) + 1e-12).all())
+        alpha = beta / 2
+        for _ in range(20):
+            a = torch.randn(3, 1, 20, 20, generator=g, dtype=torch.float64)
+            b = a + 0.1 * torch.randn(a.shape, generator=g, dtype=torch.float64)
+            da, db = denoiser(a, scale), denoiser(b, scale)
+            bound = float(((a - b) ** 2).sum()) - (1 - alpha) / alpha * float((((a - da) - (b - db)) ** 2).sum())
+            assert float(((da - db) ** 2).sum()) <= bound + 1e-12
+
+
+def test_adaptive_deconvolution_starts_unweighted_and_computes_its_map_once_per_batch_and_weights():
+    args = {"operator": "pnp_convex", "scheme": "drs", "width": 4, "size": 32, "patch": 16, "batch_size": 2, "kernel_size": 9,
+            "dtype": "float64"}
+    plain, adaptive = make_problem("deconvolution", args), make_problem("deconvolution", {**args, "adaptive": True})
+    assert isinstance(adaptive.threshold_map, ThresholdMap) and plain.threshold_map is None
+    batch = next(adaptive.batches("train"))
+    calls = []
+    adaptive.threshold_map.register_forward_hook(lambda *_: calls.append(1))
+    with torch.no_grad():
+        u = adaptive.init(batch)
+        assert torch.equal(adaptive.operator(u, batch, 1), plain.operator(u, batch, 1))  # the map starts at 1
+        for k in range(2, 6):
+            adaptive.operator(u, batch, k)
+    assert len(calls) == 1  # once for the batch without autograd
+    taped = adaptive.operator(u, batch, 1)
+    assert len(calls) == 2 and taped.requires_grad  # once more, on the tape
+    (g,) = torch.autograd.grad(adaptive.upper_loss(taped, batch), adaptive.threshold_map.convs[-1].weight)
+    assert float(g.abs().max()) > 0  # the map learns through T
+    with torch.no_grad():
+        before = adaptive.operator(u, batch, 1)
+        adaptive.threshold_map.convs[-1].bias.add_(0.5)  # what an optimizer step does: an in-place update
+        after = adaptive.operator(u, batch, 1)
+    assert len(calls) == 3 and float((after - before).abs().max()) > 1e-6
+    with pytest.raises(ValueError, match="true needs operator='pnp_convex'"):
+        make_problem("deconvolution", {**args, "scheme": "hqs", "operator": "pnp_free", "adaptive": True})
+    with pytest.raises(ValueError, match="adaptive must be true or false"):
+        make_problem("deconvolution", {**args, "adaptive": "yes"})
+
+
 def test_convex_ridge_filters_have_operator_norm_at_most_one_and_the_denoiser_is_averaged():
     denoiser = _pushed_convex_denoiser()
     assert float(torch.fft.rfft2(denoiser.weight.detach()[:, 0], s=(32, 32)).abs().pow(2).sum(0).max()) > 1.5  # pushed
@@ -287,11 +341,14 @@ def test_convex_drs_fixed_point_solves_the_learned_variational_problem():
         assert float((hqs.data_step(u, batch) - x).abs().max()) > 1e-3  # a different problem: τf + βR
 
 
-def test_convex_drs_unrolled_hypergradient_matches_finite_differences():
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_convex_drs_unrolled_hypergradient_matches_finite_differences(adaptive):
     """The hypergradient through K relaxed Douglas–Rachford steps and the read-out x = prox_τf(z) (τ, β,
-    filters and thresholds all move) against central differences of ℓ in float64."""
+    filters, thresholds and the adaptive model's threshold map all move) against central differences of ℓ
+    in float64."""
     problem = make_problem("deconvolution", {"operator": "pnp_convex", "scheme": "drs", "width": 4, "size": 32,
-                                             "patch": 16, "batch_size": 2, "kernel_size": 9, "dtype": "float64"})
+                                             "patch": 16, "batch_size": 2, "kernel_size": 9, "dtype": "float64",
+                                             "adaptive": adaptive})
     config = BMOConfig(mu=0.0, K=6, hypergrad="unroll")
     batch = next(problem.batches("train"))
     params = [p for p in problem.parameters() if p.requires_grad]

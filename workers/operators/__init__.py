@@ -1,7 +1,7 @@
 """Building blocks of fixed-point operators: proximal maps, blur physics, TV, rain synthesis, denoisers."""
 
 from workers.operators.blur import Blur, add_noise, gaussian_kernel, motion_kernel, wiener
-from workers.operators.denoisers import ConvexRidgeDenoiser, LipschitzDenoiser, ResidualDenoiser
+from workers.operators.denoisers import ConvexRidgeDenoiser, LipschitzDenoiser, ResidualDenoiser, ThresholdMap
 from workers.operators.prox import soft_threshold
 from workers.operators.rain import add_rain, directional_derain, rain_layer
 from workers.operators.tv import tv_deconvolve
@@ -11,6 +11,7 @@ __all__ = [
     "ConvexRidgeDenoiser",
     "LipschitzDenoiser",
     "ResidualDenoiser",
+    "ThresholdMap",
     "add_noise",
     "add_rain",
     "directional_derain",

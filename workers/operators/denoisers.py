@@ -23,6 +23,9 @@ TV's weight, 25.60 dB at β = 1 and 25.87 at β = 1.9 after 32 steps, step τL =
 Initialised at isotropic Huber-TV (the first pair are forward differences): it starts where
 TV is and learns from there.
 
+``ThresholdMap``: pixelwise scales of the convex ridge thresholds from a pilot image (a CNN of
+the data, not of the iterate, so the weighted R stays convex in the iterate).
+
 ``ResidualDenoiser``: D(x) = x - R(x), R the same CNN without any constraint
 (the DnCNN form); what an ENA baseline unrolls.
 """
@@ -67,6 +70,20 @@ def _conv_stack(convs: nn.ModuleList, x: Tensor, activation=F.relu) -> Tensor:
         if i < len(convs) - 1:
             x = activation(x)
     return x
+
+
+def _zero_ended_cnn(sizes: list[int], kernel: int, seed: int) -> nn.ModuleList:
+    """Circular convolutions ``sizes[0] → sizes[1] → …``, He-initialised (seeded) except the last,
+    which starts at zero (so the network's output starts at zero)."""
+    gen = torch.Generator().manual_seed(seed)
+    convs = nn.ModuleList(nn.Conv2d(a, b, kernel, padding=kernel // 2, padding_mode="circular") for a, b in zip(sizes, sizes[1:]))
+    with torch.no_grad():
+        for conv in convs[:-1]:
+            conv.weight.copy_(torch.randn(conv.weight.shape, generator=gen) * (2.0 / conv.weight[0].numel()) ** 0.5)
+            conv.bias.zero_()
+        convs[-1].weight.zero_()
+        convs[-1].bias.zero_()
+    return convs
 
 
 class SpectralConv(nn.Module):
@@ -196,23 +213,54 @@ class ConvexRidgeDenoiser(nn.Module):
         a, b = z[:, :half], z[:, half:]
         return a, b, (a * a + b * b).clamp_min(1e-30).sqrt()
 
-    def clip(self, z: Tensor) -> Tensor:
-        """Each channel pair's 2-vector projected onto the disc of radius θ (∇ of the pair's Huber function)."""
-        a, b, r = self._radius(z)
-        scale = (self.thresholds().view(1, -1, 1, 1).to(z.dtype) / r).clamp(max=1.0)
-        return torch.cat((a * scale, b * scale), dim=1)
+    def _radii(self, z: Tensor, scale: Tensor | None) -> Tensor:
+        """The clip radii: θ per pair, times the pixelwise ``scale`` (B, channels/2, H, W) when given."""
+        theta = self.thresholds().view(1, -1, 1, 1).to(z.dtype)
+        return theta if scale is None else theta * scale
 
-    def potential(self, x: Tensor) -> Tensor:
-        """R(x) per image: Σ huber_θ(‖(W x)_pair‖), huber_θ(r) = r²/2 for r ≤ θ, θ·r - θ²/2 beyond."""
+    def clip(self, z: Tensor, scale: Tensor | None = None) -> Tensor:
+        """Each channel pair's 2-vector projected onto the disc of radius θ (∇ of the pair's Huber
+        function), of radius θ·scale per pixel when ``scale`` is given."""
+        a, b, r = self._radius(z)
+        shrink = (self._radii(z, scale) / r).clamp(max=1.0)
+        return torch.cat((a * shrink, b * shrink), dim=1)
+
+    def potential(self, x: Tensor, scale: Tensor | None = None) -> Tensor:
+        """R(x) per image: Σ huber_θ(‖(W x)_pair‖), huber_θ(r) = r²/2 for r ≤ θ, θ·r - θ²/2 beyond
+        (θ times ``scale`` per pixel when given)."""
         z, _ = self._analysis(x)
         _, _, r = self._radius(z)
-        theta = self.thresholds().view(1, -1, 1, 1).to(z.dtype)
+        theta = self._radii(z, scale)
         return torch.where(r <= theta, 0.5 * r**2, theta * r - 0.5 * theta**2).flatten(1).sum(1)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, scale: Tensor | None = None) -> Tensor:
+        """x - β∇R(x). A ``scale`` >= 0 of shape (B, channels/2, H, W) multiplies the thresholds per
+        pixel: R stays convex in x with a 1-Lipschitz gradient, so D stays β/2-averaged for any scale."""
         z, response = self._analysis(x)
-        synthesis = (torch.fft.rfft2(self.clip(z)) * response).sum(1, keepdim=True)
+        synthesis = (torch.fft.rfft2(self.clip(z, scale)) * response).sum(1, keepdim=True)
         return x - self.step().to(x.dtype) * torch.fft.irfft2(synthesis, s=x.shape[-2:])
+
+
+class ThresholdMap(nn.Module):
+    """Pixelwise scales of a convex ridge regularizer's thresholds, computed from a pilot image:
+    exp(N(pilot)), N an unconstrained CNN (``depth`` circular convolutions of ``kernel``×``kernel``,
+    ``width`` channels, ReLU) with one output channel per filter pair.
+
+    The map depends on the data only, never on the iterate, so the regularizer it weights stays
+    convex in the iterate and the denoiser averaged (spatially adaptive regularization, as in
+    Neumayer et al. 2023). The last convolution starts at zero: the scales start at 1, the
+    unweighted regularizer. The exponent is bounded to ±8 by a scaled tanh.
+    """
+
+    def __init__(self, pairs: int, width: int = 16, depth: int = 5, kernel: int = 5, seed: int = 0):
+        super().__init__()
+        if pairs < 1 or width < 1 or depth < 2 or kernel < 1 or kernel % 2 == 0:
+            raise ValueError(f"threshold map: pairs and width must be >= 1, depth >= 2, kernel odd; "
+                             f"got pairs={pairs!r}, width={width!r}, depth={depth!r}, kernel={kernel!r}")
+        self.convs = _zero_ended_cnn([1] + [width] * (depth - 1) + [pairs], kernel, seed)
+
+    def forward(self, pilot: Tensor) -> Tensor:
+        return torch.exp(8.0 * torch.tanh(_conv_stack(self.convs, pilot) / 8.0))
 
 
 class ResidualDenoiser(nn.Module):
@@ -220,15 +268,7 @@ class ResidualDenoiser(nn.Module):
 
     def __init__(self, width: int = 24, depth: int = 5, kernel: int = 3, seed: int = 0):
         super().__init__()
-        gen = torch.Generator().manual_seed(seed)
-        sizes = [1] + [width] * (depth - 1) + [1]
-        self.convs = nn.ModuleList(nn.Conv2d(a, b, kernel, padding=kernel // 2, padding_mode="circular") for a, b in zip(sizes, sizes[1:]))
-        with torch.no_grad():
-            for conv in self.convs[:-1]:
-                conv.weight.copy_(torch.randn(conv.weight.shape, generator=gen) * (2.0 / conv.weight[0].numel()) ** 0.5)
-                conv.bias.zero_()
-            self.convs[-1].weight.zero_()
-            self.convs[-1].bias.zero_()
+        self.convs = _zero_ended_cnn([1] + [width] * (depth - 1) + [1], kernel, seed)
 
     def forward(self, x: Tensor) -> Tensor:
         return x - _conv_stack(self.convs, x)

@@ -25,7 +25,10 @@ Denoisers (``operator``):
   (``ConvexRidgeDenoiser``, ``width`` filters of 7×7 in isotropic pairs) and a learned step
   β ∈ (0, 2) (starting at 1.9), averaged, started at isotropic Huber-TV with weight 0.1·noise;
   with ``hqs`` or ``drs`` the fixed point solves a learned variational problem (τ·f + β·R or
-  τ·f + φ), so iterating past K converges instead of drifting;
+  τ·f + φ), so iterating past K converges instead of drifting. ``adaptive=True`` scales the
+  thresholds per pixel and filter pair by a ``ThresholdMap`` (a CNN) of the Wiener estimate:
+  the map depends on y only, so R stays convex in the iterate and T averaged; it starts at 1
+  (the unweighted model);
 - ``operator="pnp_free"``: D = I - R with R an unconstrained CNN (what ENA unrolls).
 
 Data: scikit-image's grayscale images (``workers.data``): training on random patches with a
@@ -39,14 +42,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
 from workers.data import random_patches, split_images, training_images
 from workers.operators.blur import Blur, gaussian_kernel, motion_kernel, wiener
-from workers.operators.denoisers import CONVEX_BETA, ConvexRidgeDenoiser, LipschitzDenoiser, ResidualDenoiser
+from workers.operators.denoisers import CONVEX_BETA, ConvexRidgeDenoiser, LipschitzDenoiser, ResidualDenoiser, ThresholdMap
 from workers.problem import Problem
 from workers.tasks._checks import check_choice, check_positive_ints
 
@@ -66,6 +69,7 @@ class ImageBatch:
     x: Tensor
     names: tuple[str, ...] = ()
     adjoint_y: Tensor | None = None  # Aᵀy, computed once per batch by the first data step that needs it
+    threshold_scales: dict = field(default_factory=dict)  # the adaptive model's map, cached per batch (``Deconvolution.threshold_scale``)
 
 
 def psnr(u: Tensor, x: Tensor) -> Tensor:
@@ -102,6 +106,7 @@ class Deconvolution(Problem):
         depth: int = 5,
         step: float | None = None,
         boundary: str = "circular",
+        adaptive: bool = False,
         seed: int = 0,
         dtype: str = "float32",
     ):
@@ -115,6 +120,9 @@ class Deconvolution(Problem):
         if scheme == "drs" and operator != "pnp_convex":
             raise ValueError(f"deconvolution: scheme='drs' needs operator='pnp_convex' (its reflection is nonexpansive only "
                              f"for D = I - β∇R with R convex), got operator={operator!r}")
+        if adaptive is not False and (adaptive is not True or operator != "pnp_convex"):
+            raise ValueError(f"deconvolution: adaptive must be true or false, and true needs operator='pnp_convex' (it weights "
+                             f"the convex regularizer's thresholds), got adaptive={adaptive!r}, operator={operator!r}")
         check_choice("deconvolution", "dtype", dtype, DTYPES)
         if not (isinstance(noise, (int, float)) and 0 <= noise < 1):
             raise ValueError(f"deconvolution: noise must be in [0, 1), got noise={noise!r}")
@@ -149,6 +157,8 @@ class Deconvolution(Problem):
             self.denoiser = ConvexRidgeDenoiser(channels=width, kernel=7, tv_weight=weight, seed=seed, beta=CONVEX_BETA).to(dt)
         else:
             self.denoiser = ResidualDenoiser(width=width, depth=depth, seed=seed).to(dt)
+        # adaptive (pnp_convex only): one threshold scale per filter pair and pixel, from the Wiener estimate
+        self.threshold_map = ThresholdMap(width // 2, seed=seed).to(dt) if adaptive else None
         self._train_images = training_images(size, dt)
         self._fixed = {split: self._observe_split(split, dt) for split in ("val", "test")}
 
@@ -202,11 +212,32 @@ class Deconvolution(Problem):
             return batch.y.clamp(0.0, 1.0)
         return wiener(batch.y, self.blur, max(1e-3, 100.0 * self.noise**2)).clamp(0.0, 1.0)
 
+    def threshold_scale(self, batch: ImageBatch) -> Tensor | None:
+        """The adaptive model's pixelwise threshold scales for ``batch`` (None when not adaptive): the
+        threshold map of the batch's Wiener estimate (``init``, the pilot).
+
+        Computed once per batch and kept on it, separately with and without autograd (the taped
+        steps need the map on the tape, the others not), and computed again after the map's
+        parameters change (an optimizer step, loading averaged weights)."""
+        if self.threshold_map is None:
+            return None
+        params = list(self.threshold_map.parameters())
+        # _version counts in-place updates of a tensor (optimizer steps, copy_); data_ptr catches a new tensor
+        key = (torch.is_grad_enabled(), tuple((p.data_ptr(), p._version) for p in params))
+        cached = batch.threshold_scales.get(key[0])
+        if cached is None or cached[0] != key:
+            with torch.no_grad():
+                pilot = self.init(batch)
+            cached = (key, self.threshold_map(pilot))
+            batch.threshold_scales[key[0]] = cached
+        return cached[1]
+
     def operator(self, u: Tensor, batch: ImageBatch, k: int) -> Tensor:
         x = self.data_step(u, batch)
+        denoise = self.denoiser if self.threshold_map is None else lambda v: self.denoiser(v, self.threshold_scale(batch))
         if self.scheme == "drs":
-            return (2 - self.denoiser.step().to(u.dtype)) * (u - x) + self.denoiser(2 * x - u)
-        return self.project(self.denoiser(x), batch)
+            return (2 - self.denoiser.step().to(u.dtype)) * (u - x) + denoise(2 * x - u)
+        return self.project(denoise(x), batch)
 
     def project(self, u: Tensor, batch: ImageBatch) -> Tensor:
         """The box [0, 1] (fb, hqs: the iterate is the image); nothing for drs (the iterate is z)."""
