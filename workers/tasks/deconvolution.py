@@ -120,9 +120,11 @@ class Deconvolution(Problem):
         if scheme == "drs" and operator != "pnp_convex":
             raise ValueError(f"deconvolution: scheme='drs' needs operator='pnp_convex' (its reflection is nonexpansive only "
                              f"for D = I - β∇R with R convex), got operator={operator!r}")
-        if adaptive is not False and (adaptive is not True or operator != "pnp_convex"):
-            raise ValueError(f"deconvolution: adaptive must be true or false, and true needs operator='pnp_convex' (it weights "
-                             f"the convex regularizer's thresholds), got adaptive={adaptive!r}, operator={operator!r}")
+        if not isinstance(adaptive, bool):
+            raise ValueError(f"deconvolution: adaptive must be true or false, got adaptive={adaptive!r}")
+        if adaptive and operator != "pnp_convex":
+            raise ValueError(f"deconvolution: adaptive=true needs operator='pnp_convex' (it weights the convex regularizer's "
+                             f"thresholds), got operator={operator!r}")
         check_choice("deconvolution", "dtype", dtype, DTYPES)
         if not (isinstance(noise, (int, float)) and 0 <= noise < 1):
             raise ValueError(f"deconvolution: noise must be in [0, 1), got noise={noise!r}")
