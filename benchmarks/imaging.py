@@ -68,7 +68,9 @@ Run (about 45 minutes on 2 CPU cores with the defaults and ``--jobs 2``: 25 for 
 ``--adaptive`` gives the convex deconvolution rows (bmo, bmo_restart) spatially adaptive thresholds
 (``adaptive=True``: a threshold map from the Wiener estimate; T stays averaged). On this CPU it needs
 more training than the default budget: at 3% noise, by an ad-hoc script with this benchmark's
-settings, it matched the plain model after 6 minutes and led it after 24 (see the issue note).
+settings, it matched the plain model after 6 minutes and led it after 24; at 1% it led at K after
+6 minutes but its fixed point (4K) fell below its K-th step by more than the stability goal's
+0.3 dB (see the issue note).
 
 ``--quick`` is a smoke run (size 48, patches 24, K=4, 20 outer steps, 2 TV trials, 1% noise only;
 about a minute) whose numbers mean nothing; it writes to a temporary directory unless
