@@ -223,15 +223,14 @@ class Deconvolution(Problem):
         parameters change (an optimizer step, loading averaged weights)."""
         if self.threshold_map is None:
             return None
-        params = list(self.threshold_map.parameters())
         # _version counts in-place updates of a tensor (optimizer steps, copy_); data_ptr catches a new tensor
-        key = (torch.is_grad_enabled(), tuple((p.data_ptr(), p._version) for p in params))
-        cached = batch.threshold_scales.get(key[0])
-        if cached is None or cached[0] != key:
+        weights = tuple((p.data_ptr(), p._version) for p in self.threshold_map.parameters())
+        taped = torch.is_grad_enabled()
+        cached = batch.threshold_scales.get(taped)
+        if cached is None or cached[0] != weights:
             with torch.no_grad():
                 pilot = self.init(batch)
-            cached = (key, self.threshold_map(pilot))
-            batch.threshold_scales[key[0]] = cached
+            cached = batch.threshold_scales[taped] = (weights, self.threshold_map(pilot))
         return cached[1]
 
     def operator(self, u: Tensor, batch: ImageBatch, k: int) -> Tensor:
