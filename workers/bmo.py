@@ -410,10 +410,19 @@ def hypergradient(
     return Hypergradient(loss.detach(), u.detach(), grads)
 
 
-def _make_optimizer(config: BMOConfig, params):
+def _make_optimizer(config: BMOConfig, problem: Problem):
+    """Adam or SGD over the trainable parameters, at γ times the problem's ``lr_scale`` of each."""
+    groups: dict[float, list[torch.nn.Parameter]] = {}
+    for name, p in problem.named_parameters():
+        if p.requires_grad:
+            scale = problem.lr_scale(name)
+            if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale < math.inf:
+                raise ValueError(f"{type(problem).__name__}.lr_scale({name!r}) must be a positive number, got {scale!r}")
+            groups.setdefault(float(scale), []).append(p)
+    param_groups = [{"params": ps, "lr": config.gamma * scale} for scale, ps in groups.items()]
     if config.optimizer == "adam":
-        return torch.optim.Adam(params, lr=config.gamma)
-    return torch.optim.SGD(params, lr=config.gamma)
+        return torch.optim.Adam(param_groups, lr=config.gamma)
+    return torch.optim.SGD(param_groups, lr=config.gamma)
 
 
 def train(
@@ -432,7 +441,7 @@ def train(
     torch.manual_seed(config.seed)
     problem.to(device)
     params = _trainable(problem)
-    optimizer = _make_optimizer(config, params) if params else None
+    optimizer = _make_optimizer(config, problem) if params else None
     result = TrainResult(device=str(device))
     start = time.perf_counter()
     train_batches = iter(problem.batches("train"))

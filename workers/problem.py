@@ -107,6 +107,11 @@ class Problem(nn.Module):
         holds extra state, or the estimate is read out of it (a splitting's shadow sequence)."""
         return u
 
+    def lr_scale(self, name: str) -> float:
+        """Multiplier of the outer learning rate γ for the parameter ``name`` (as ``named_parameters``
+        spells it); 1 by default. Override when one part of ω needs smaller (or larger) steps."""
+        return 1.0
+
     def learned_values(self) -> dict[str, float]:
         """Current values of low-dimensional hyper-training variables (default: scalar parameters).
 

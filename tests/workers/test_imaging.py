@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from workers import BMOConfig, evaluate, hypergradient, inner_solve, make_problem, train
+from workers.bmo import _make_optimizer
 from workers.operators import ConvexRidgeDenoiser, LipschitzDenoiser, ThresholdMap, directional_derain
 from workers.operators.denoisers import _conv as conv
 from workers.operators.denoisers import _conv_adjoint as conv_adjoint
@@ -243,6 +244,21 @@ def test_adaptive_deconvolution_starts_unweighted_and_computes_its_map_once_per_
         make_problem("deconvolution", {**args, "scheme": "hqs", "operator": "pnp_free", "adaptive": True})
     with pytest.raises(ValueError, match="adaptive must be true or false"):
         make_problem("deconvolution", {**args, "adaptive": "yes"})
+
+
+def test_adaptive_deconvolution_trains_its_map_at_map_lr_times_gamma():
+    args = {"operator": "pnp_convex", "scheme": "drs", "width": 4, "size": 32, "patch": 16, "batch_size": 2, "kernel_size": 9}
+    problem = make_problem("deconvolution", {**args, "adaptive": True, "map_lr": 0.25})
+    optimizer = _make_optimizer(BMOConfig(gamma=0.004), problem)
+    by_lr = {group["lr"]: {id(p) for p in group["params"]} for group in optimizer.param_groups}
+    assert by_lr == {0.004: {id(p) for n, p in problem.named_parameters() if not n.startswith("threshold_map.")},
+                     0.001: {id(p) for p in problem.threshold_map.parameters()}}
+    assert make_problem("deconvolution", {**args, "adaptive": True}).map_lr == 0.3  # the default
+    with pytest.raises(ValueError, match="map_lr .* needs adaptive=true"):
+        make_problem("deconvolution", {**args, "map_lr": 0.3})
+    for bad in (0, -1.0, "fast", True):
+        with pytest.raises(ValueError, match="map_lr must be a positive number"):
+            make_problem("deconvolution", {**args, "adaptive": True, "map_lr": bad})
 
 
 def test_convex_ridge_filters_have_operator_norm_at_most_one_and_the_denoiser_is_averaged():

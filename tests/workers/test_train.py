@@ -86,3 +86,30 @@ def test_implicit_mode_reports_the_adjoint_residual():
     problem = SmoothContractive()
     trace = train(problem, BMOConfig(mu=0.0, K=30, outer_steps=2, hypergrad="implicit", device="cpu")).trace
     assert all(0 <= m["adjoint_residual"] <= 1e-6 for m in trace)
+
+
+class _HalfStepOnC(SmoothContractive):
+    def __init__(self, scale=0.5):
+        super().__init__()
+        self.scale = scale
+
+    def lr_scale(self, name):
+        return self.scale if name == "c" else 1.0
+
+
+def test_lr_scale_multiplies_the_outer_step_of_the_named_parameters():
+    """One SGD step: each parameter moves by γ · lr_scale(name) · its hypergradient."""
+    from workers.bmo import hypergradient
+
+    problem, config = _HalfStepOnC(), BMOConfig(mu=0.0, K=4, gamma=0.1, optimizer="sgd", outer_steps=1, device="cpu")
+    W0, c0 = problem.W.detach().clone(), problem.c.detach().clone()
+    grads = hypergradient(problem, problem.batch, config).grads
+    train(problem, config)
+    assert torch.allclose(problem.W.detach(), W0 - 0.1 * grads[0])
+    assert torch.allclose(problem.c.detach(), c0 - 0.05 * grads[1])
+
+
+@pytest.mark.parametrize("scale", [0.0, -1.0, math.inf, "big", True])
+def test_a_bad_lr_scale_is_one_error_naming_the_parameter(scale):
+    with pytest.raises(ValueError, match=r"_HalfStepOnC.lr_scale\('c'\) must be a positive number"):
+        train(_HalfStepOnC(scale), BMOConfig(K=2, outer_steps=1, device="cpu"))
