@@ -29,8 +29,8 @@ SSIM per image for:
 
    ENA and ``bmo_cnn`` use the splitting ``--scheme`` (default ``hqs``: the data term's prox by
    FFT, then the denoiser; ``drs`` needs the convex model). The convex rows' ``drs`` fixed point
-   is not Huber-smoothed the way HQS's τ·f + β·R is (this benchmark with the convex rows on
-   HQS: 28.00 / 26.17 dB at 1% / 3%; on drs: 28.14 / 26.39). Every learned method starts
+   is not Huber-smoothed the way HQS's τ·f + β·R is (earlier 6-minute runs of this
+   benchmark, the plain convex model on HQS: 28.00 / 26.17 dB at 1% / 3%; on drs: 28.14 / 26.39). Every learned method starts
    from the Wiener estimate. Wiener and TV outputs are clamped to [0, 1] (so are the learned
    solvers' images).
 2. Deraining (synthetic streaks, size 128): ``rainy`` (the input), ``filter``
