@@ -9,9 +9,7 @@ import sys
 
 from hpo import __version__
 from hpo.errors import HPOError
-from hpo.spec import DEFAULT_STORAGE
-
-_TOP_LEVEL = ("study", "task", "trials", "concurrency", "time_budget", "storage", "results_dir")
+from hpo.spec import DEFAULT_STORAGE, TOP_LEVEL
 
 
 class UsageError(Exception):
@@ -36,6 +34,12 @@ def _parse_assignments(pairs: list[str]) -> dict:
     return out
 
 
+def _find_modules_here() -> None:
+    """Let a ``module:Class`` task live in the current directory, as with ``python -m``."""
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     """Train one BMO model (no tuning) and print its progress and final validation figures."""
     import torch
@@ -43,6 +47,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from workers import BMOConfig, BMOError, make_problem, split_settings, train
 
     torch.set_num_threads(args.threads)
+    _find_modules_here()
     config_values, task_args = split_settings(_parse_assignments(args.set))
     try:
         problem = make_problem(args.task, task_args)
@@ -69,7 +74,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _spec_overrides(args: argparse.Namespace) -> dict:
     overrides = {}
     for key, value in _parse_assignments(args.set).items():
-        overrides[key if "." in key or key in _TOP_LEVEL else f"fixed.{key}"] = value
+        overrides[key if "." in key or key in TOP_LEVEL else f"fixed.{key}"] = value
     if args.trials is not None:
         overrides["trials"] = args.trials
     if args.storage is not None:
@@ -84,8 +89,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from hpo.driver import print_result, run_job
     from hpo.spec import load_spec
 
-    if os.getcwd() not in sys.path:  # a `module:Class` task may live next to the spec, as with `python -m`
-        sys.path.insert(0, os.getcwd())
+    _find_modules_here()
     spec = load_spec(args.spec, _spec_overrides(args))
 
     def out(line: str) -> None:

@@ -79,3 +79,48 @@ def postgres_url():
     finally:
         admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
         admin.close()
+
+
+# A user's Problem in a file of its own (outside the package), named as my_problem:Shrink
+USER_PROBLEM = '''
+import torch
+from dataclasses import dataclass
+from workers import Problem
+
+
+@dataclass
+class B:
+    y: torch.Tensor
+    x: torch.Tensor
+
+
+class Shrink(Problem):
+    """T(u) = (1 - t) u + t y; diverges on purpose when explode=True."""
+
+    def __init__(self, explode: bool = False, t0: float = 0.5):
+        super().__init__()
+        self.t = torch.nn.Parameter(torch.tensor(t0))
+        self.explode = explode
+        g = torch.Generator().manual_seed(0)
+        self.data = B(torch.randn(8, 4, generator=g), torch.randn(8, 4, generator=g))
+
+    def init(self, batch):
+        return torch.zeros_like(batch.y)
+
+    def operator(self, u, batch, k):
+        if self.explode and k >= 2:
+            return u * float("inf")
+        return (1 - self.t) * u + self.t * batch.y
+
+    def upper_loss(self, u, batch):
+        return 0.5 * ((u - batch.x) ** 2).sum(-1).mean()
+
+    def metrics(self, u, batch):
+        return {"mse": float(((u - batch.x) ** 2).mean())}
+
+    def batches(self, split):
+        while True:
+            yield self.data
+            if split != "train":
+                return
+'''

@@ -15,7 +15,7 @@ from optuna.trial import TrialState
 from hpo.driver import INTERRUPTED, run_job
 from hpo.errors import ClusterError, StorageError
 from hpo.spec import load_spec
-from tests.hpo.conftest import REPO, run_cli, write_spec
+from tests.hpo.conftest import REPO, USER_PROBLEM, run_cli, write_spec
 
 pytestmark = pytest.mark.slow
 
@@ -57,50 +57,6 @@ def test_quickstart_end_to_end_with_two_concurrent_trials(tmp_path, ray_address)
     assert any(b[0] < a[1] for a, b in zip(spans, spans[1:]))  # trials ran side by side
     assert any("6/6 finished" in line for line in lines)
     assert result.best and result.best[0]["values"][0] == min(t.value for t in trials if t.state == TrialState.COMPLETE)
-
-
-USER_PROBLEM = '''
-import torch
-from dataclasses import dataclass
-from workers import Problem
-
-
-@dataclass
-class B:
-    y: torch.Tensor
-    x: torch.Tensor
-
-
-class Shrink(Problem):
-    """T(u) = (1 - t) u + t y; diverges on purpose when explode=True."""
-
-    def __init__(self, explode: bool = False, t0: float = 0.5):
-        super().__init__()
-        self.t = torch.nn.Parameter(torch.tensor(t0))
-        self.explode = explode
-        g = torch.Generator().manual_seed(0)
-        self.data = B(torch.randn(8, 4, generator=g), torch.randn(8, 4, generator=g))
-
-    def init(self, batch):
-        return torch.zeros_like(batch.y)
-
-    def operator(self, u, batch, k):
-        if self.explode and k >= 2:
-            return u * float("inf")
-        return (1 - self.t) * u + self.t * batch.y
-
-    def upper_loss(self, u, batch):
-        return 0.5 * ((u - batch.x) ** 2).sum(-1).mean()
-
-    def metrics(self, u, batch):
-        return {"mse": float(((u - batch.x) ** 2).mean())}
-
-    def batches(self, split):
-        while True:
-            yield self.data
-            if split != "train":
-                return
-'''
 
 
 def test_user_problem_from_a_file_outside_the_package_and_failed_trials(tmp_path, ray_address):
