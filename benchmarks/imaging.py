@@ -58,7 +58,7 @@ ENA's PSNR at 4K below its PSNR at K.
 
 Writes ``deconvolution.json`` and ``derain.json`` (keys ``machine``, ``config``, ``rows``,
 ``layers``, ``goals``, plus ``methods`` with tuned values, steps and validation metrics, and
-``total_seconds``) and ``untrained_layers.png`` (ENA and BMO, deconvolution at 1% noise) to
+``total_seconds``) and ``untrained_layers.png`` (ENA and the BMO rows, deconvolution at 1% noise) to
 ``--out-dir``, and prints the tables. In ``deconvolution.json`` ``layers`` and ``methods``
 are keyed by method, then by noise level ("0.01", "0.03"); in ``derain.json`` by method only.
 
@@ -68,7 +68,7 @@ Run (about 85 minutes on 2 CPU cores with the defaults and ``--jobs 2``: 53 for 
     python benchmarks/imaging.py [--tasks deconvolution,derain] [--K K] [--jobs J] [--minutes M] [--size N]
                                  [--mu MU] [--scheme S] [--out-dir DIR] [--quick]
 
-``--quick`` is a smoke run (size 48, patches 24, K=4, 20 outer steps, 2 TV trials, 1% noise only;
+``--quick`` is a smoke run (size 48, patches 24 (25 for deconvolution: at least its kernel), K=4, 20 outer steps, 2 TV trials, 1% noise only;
 about a minute) whose numbers mean nothing; it writes to a temporary directory unless
 ``--out-dir`` is given, so it never overwrites ``benchmarks/results``.
 """
@@ -528,7 +528,7 @@ def print_derain_goals(goals: dict) -> None:
 
 
 def draw_layers(curves: dict[str, dict], path: Path, noise: float, K: int) -> None:
-    """Two panels, PSNR and residual against k, for ENA and BMO; a vertical line at K."""
+    """Two panels, PSNR and residual against k, for ENA and the BMO rows; a vertical line at K."""
     import matplotlib
 
     matplotlib.use("Agg")

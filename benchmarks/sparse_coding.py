@@ -244,8 +244,8 @@ def print_claims(claims: dict) -> None:
 def print_hypergrad(rows: list[dict], growth: dict) -> None:
     cuda = any("cuda_peak_bytes" in r for r in rows)
     print(f"\nHypergradient cost, tied_coupled, mu=0.1, truncate={TRUNCATE} (ratios vs unroll at the same K)")
-    head = f"{'mode':<10}{'K':>5}{'ms/step':>10}{'tape MB':>10}{'unique MB':>11}{'time x':>8}{'tape x':>8}"
-    print(head + (f"{'cuda MB':>9}{'cuda x':>8}" if cuda else ""))
+    head = f"{'mode':<10}{'K':>5}{'ms/step':>10}{'tape MiB':>10}{'unique MiB':>11}{'time x':>8}{'tape x':>8}"
+    print(head + (f"{'cuda MiB':>9}{'cuda x':>8}" if cuda else ""))
     for r in rows:
         line = (f"{r['mode']:<10}{r['K']:>5}{r['seconds'] * 1e3:>10.1f}{r['tape_bytes'] / 2**20:>10.2f}"
                 f"{r['tape_unique_bytes'] / 2**20:>11.2f}{r['time_vs_unroll']:>8.3f}{r['tape_vs_unroll']:>8.3f}")
