@@ -46,6 +46,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     from workers import BMOConfig, BMOError, make_problem, split_settings, train
 
+    if args.threads < 1:
+        raise UsageError(f"--threads must be a positive integer, got {args.threads}")
     torch.set_num_threads(args.threads)
     _find_modules_here()
     config_values, task_args = split_settings(_parse_assignments(args.set))

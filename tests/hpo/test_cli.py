@@ -1,4 +1,4 @@
-"""The ``hpo`` command's own handling: where ``--set`` keys go, and user problems found in the current directory."""
+"""The ``hpo`` command's own handling: where ``--set`` keys go, user problems in the current directory, bad flags."""
 
 import argparse
 import os
@@ -7,7 +7,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from hpo.cli import _spec_overrides
+from hpo.cli import _spec_overrides, main
 from hpo.spec import load_spec
 from tests.hpo.conftest import USER_PROBLEM, write_spec
 
@@ -31,3 +31,9 @@ def test_train_finds_a_user_problem_in_the_current_directory(tmp_path):
                           cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "done in" in proc.stdout and "val_mse=" in proc.stdout
+
+
+def test_train_rejects_a_thread_count_below_one_in_one_line(capsys):
+    assert main(["train", "sparse_coding", "--threads", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err == "hpo: error: --threads must be a positive integer, got 0\n"
