@@ -24,8 +24,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
-import platform
 import random
 import statistics
 import sys
@@ -35,6 +33,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
+
+from machine import machine_info  # noqa: E402  (benchmarks/machine.py)
 
 
 def build_study(url: str, n_trials: int, seed: int = 0) -> tuple[int, float]:
@@ -165,8 +165,7 @@ def main() -> int:
     opening = ["page /dashboard/studies/ID", "script /static/bundle.js (gzip)", "/api/meta",
                "detail /api/studies/ID?after=0", "/api/studies/ID/param_importances"]
     result = {
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(),
-                    "optuna": optuna.__version__, "optuna_dashboard": optuna_dashboard.__version__},
+        "machine": machine_info(optuna=optuna.__version__, optuna_dashboard=optuna_dashboard.__version__),
         "setup": {"trials": args.trials, "params_per_trial": 8, "intermediate_values_per_complete_trial": 20,
                   "user_attrs_per_trial": 6, "states": "85% complete, 10% pruned, 5% failed",
                   "storage": "sqlite (WAL), temporary file", "repeats": args.repeats,

@@ -79,14 +79,13 @@ import argparse
 import dataclasses
 import json
 import math
-import os
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from machine import machine_info  # benchmarks/machine.py (this folder is on sys.path when run as a script)
 
 from workers import BMOConfig, DivergenceError, evaluate, evaluate_solve, layer_metrics, make_problem, train
 from workers.operators import directional_derain, tv_deconvolve, wiener
@@ -306,6 +305,7 @@ def deconvolution_at(args, noise: float) -> dict[str, dict]:
     log(f"deconvolution noise={noise}: wiener reg={tuned['reg']:.3g}, tv lam={tuned_tv['lam']:.4g} "
         f"({time.perf_counter() - start:.1f} s)")
     for name, spec in DECONV_LEARNED.items():
+        log(f"deconvolution noise={noise}: training {name} for {args.minutes:g} min")
         found[name] = learned_method("deconvolution", task_args, spec, args)
         log(f"deconvolution noise={noise}: trained {name}: {describe_training(found[name])}")
     return found
@@ -344,6 +344,7 @@ def run_derain(args) -> dict:
                "filter": {"scores": score_images(base, lambda b: directional_derain(b.y)), "train_seconds": 0.0,
                           "val_psnr": val_psnr(base, lambda b: directional_derain(b.y))}}
     for name, spec in DERAIN_LEARNED.items():
+        log(f"derain: training {name} for {args.minutes:g} min")
         methods[name] = learned_method("derain", task_args, spec, args)
         log(f"derain: trained {name}: {describe_training(methods[name])}")
     rows = [{"method": name, "image": s["image"], "psnr": s["psnr"], "ssim": s["ssim"],
@@ -557,12 +558,11 @@ def draw_layers(curves: dict[str, dict], path: Path, noise: float, K: int) -> No
     plt.close(fig)
 
 
-def machine_info(device: str) -> dict:
+def describe_machine(device: str) -> dict:
     import optuna
 
-    info = {"platform": platform.platform(), "python": platform.python_version(), "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "optuna": optuna.__version__,
-            "device": device}
+    info = machine_info(torch_threads=torch.get_num_threads(), torch=torch.__version__, optuna=optuna.__version__,
+                        device=device)
     if device == "cuda":
         info["cuda_device"] = torch.cuda.get_device_name(0)
     return info
@@ -640,7 +640,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.out_dir is None:
         args.out_dir = Path(tempfile.gettempdir()) / "imaging_quick" if args.quick else OUT_DIR
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    machine = machine_info(args.device)
+    machine = describe_machine(args.device)
 
     outputs = {}
     for task in tasks:

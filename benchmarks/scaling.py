@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -39,6 +38,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 
+from machine import machine_info  # noqa: E402  (benchmarks/machine.py; this folder is on sys.path when run as a script)
 from tests.hpo.clusters import LocalCluster  # noqa: E402  (cluster/local.sh on free ports, own temp dir)
 
 GOAL = 1.8
@@ -127,9 +127,8 @@ def main() -> int:
         rows = [run_on(workers, args.trials, args.steps, tmp) for workers in (1, 2)]
         ratio = rows[1]["trials_per_minute"] / rows[0]["trials_per_minute"]
         result = {
-            "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(),
-                        "torch": torch.__version__, "ray": ray.__version__, "optuna": optuna.__version__,
-                        "load_average_at_start": [round(x, 2) for x in load]},
+            "machine": machine_info(torch=torch.__version__, ray=ray.__version__, optuna=optuna.__version__,
+                                   load_average_at_start=[round(x, 2) for x in load]),
             "config": {"cluster": "cluster/local.sh: head with 0 CPUs + N worker nodes of 1 CPU, token auth",
                        "trials": args.trials, "outer_steps": args.steps, "quick": args.quick,
                        "task": "sparse_coding", "task_args": TASK_ARGS, "K": 8, "optimizer": "adam",

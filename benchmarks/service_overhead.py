@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -32,6 +31,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # the no-op task is `noop:NoOp`
 sys.path.insert(0, str(HERE.parent))
+
+from machine import machine_info  # noqa: E402  (benchmarks/machine.py)
+
 CONCURRENCY = 2
 
 
@@ -169,8 +171,7 @@ def main() -> int:
     per_report = (statistics.median(report_runs["all"]) - statistics.median(report_runs["last"])) * CONCURRENCY / (args.trials * 50)
     reports_in_1s_trial = 1  # the default report_interval (1 s) leaves a 1-second trial its last report only
     result = {
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(),
-                    "torch": torch.__version__, "ray": ray.__version__, "optuna": optuna.__version__},
+        "machine": machine_info(torch=torch.__version__, ray=ray.__version__, optuna=optuna.__version__),
         "setup": {"trials": args.trials, "repeats": args.repeats, "concurrency": CONCURRENCY, "sampler": "random",
                   "storage": "sqlite", "trial": "no-op BMO training, K=1, 1 outer step"},
         "seconds_per_run": seconds,

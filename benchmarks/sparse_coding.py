@@ -28,14 +28,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
-import platform
 import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
+from machine import machine_info  # benchmarks/machine.py (this folder is on sys.path when run as a script)
 
 from workers import BMOConfig, DivergenceError, evaluate, hypergradient, layer_metrics, make_problem, train
 from workers.bmo import resolve_device
@@ -257,10 +256,9 @@ def print_hypergrad(rows: list[dict], growth: dict) -> None:
         print(f"tape K={g['K_large']} / K={g['K_small']}  {mode:<10}{g['tape_ratio']:>8.2f}x{flat}")
 
 
-def machine_info() -> dict:
+def describe_machine() -> dict:
     device = resolve_device("auto")
-    info = {"platform": platform.platform(), "python": platform.python_version(), "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "device": str(device)}
+    info = machine_info(torch_threads=torch.get_num_threads(), torch=torch.__version__, device=str(device))
     if device.type == "cuda":
         info["cuda_device"] = torch.cuda.get_device_name(device)
     return info
@@ -296,7 +294,7 @@ def main(argv: list[str] | None = None) -> None:
     total = time.perf_counter() - start
 
     result = {
-        "machine": machine_info(),
+        "machine": describe_machine(),
         "config": {"quick": args.quick, "steps": steps, "K": K, "layers_reported": list(LAYERS), "lam_grid": list(LAM_GRID),
                    "train": dataclasses.asdict(train_config(0.1, steps, eval_every)), "bmo_mus": list(BMO_MUS),
                    "hypergrad": {"operator": "tied_coupled", "mu": 0.1, "Ks": list(Ks), "modes": list(MODES),
