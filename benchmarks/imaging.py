@@ -30,9 +30,9 @@ SSIM per image for:
    ENA and ``bmo_cnn`` use the splitting ``--scheme`` (default ``hqs``: the data term's prox by
    FFT, then the denoiser; ``drs`` needs the convex model). The convex rows' ``drs`` fixed point
    is not Huber-smoothed the way HQS's τ·f + β·R is (earlier 6-minute runs of this
-   benchmark, the plain convex model on HQS: 28.00 / 26.17 dB at 1% / 3%; on drs: 28.14 / 26.39). Every learned method starts
-   from the Wiener estimate. Wiener and TV outputs are clamped to [0, 1] (so are the learned
-   solvers' images).
+   benchmark, the plain convex model on HQS: 28.00 / 26.17 dB at 1% / 3%; on drs: 28.14 /
+   26.39). Every learned method starts from the Wiener estimate. Wiener and TV outputs are
+   clamped to [0, 1] (so are the learned solvers' images).
 2. Deraining (synthetic streaks, size 128): ``rainy`` (the input), ``filter``
    (``directional_derain``), ``ena`` (operator ``free``, mu=0, unrolled), ``bmo`` (``convex``:
    the convex ridge prior, 32 filters, mu=0 unless ``--mu``, unrolled) and ``bmo_cnn``
@@ -68,9 +68,10 @@ Run (about 85 minutes on 2 CPU cores with the defaults and ``--jobs 2``: 53 for 
     python benchmarks/imaging.py [--tasks deconvolution,derain] [--K K] [--jobs J] [--minutes M] [--size N]
                                  [--mu MU] [--scheme S] [--out-dir DIR] [--quick]
 
-``--quick`` is a smoke run (size 48, patches 24 (25 for deconvolution: at least its kernel), K=4, 20 outer steps, 2 TV trials, 1% noise only;
-about a minute) whose numbers mean nothing; it writes to a temporary directory unless
-``--out-dir`` is given, so it never overwrites ``benchmarks/results``.
+``--quick`` is a smoke run (size 48, patches 24 (25 for deconvolution: at least its kernel),
+K=4, 20 outer steps, 2 TV trials, 1% noise only; about a minute) whose numbers mean nothing;
+it writes to a temporary directory unless ``--out-dir`` is given, so it never overwrites
+``benchmarks/results``.
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ import time
 from pathlib import Path
 
 import torch
-from machine import machine_info  # benchmarks/machine.py (this folder is on sys.path when run as a script)
+from machine import machine_info, torch_info  # benchmarks/machine.py (this folder is on sys.path when run as a script)
 
 from workers import BMOConfig, DivergenceError, evaluate, evaluate_solve, layer_metrics, make_problem, train
 from workers.operators import directional_derain, tv_deconvolve, wiener
@@ -558,16 +559,6 @@ def draw_layers(curves: dict[str, dict], path: Path, noise: float, K: int) -> No
     plt.close(fig)
 
 
-def describe_machine(device: str) -> dict:
-    import optuna
-
-    info = machine_info(torch_threads=torch.get_num_threads(), torch=torch.__version__, optuna=optuna.__version__,
-                        device=device)
-    if device == "cuda":
-        info["cuda_device"] = torch.cuda.get_device_name(0)
-    return info
-
-
 def run_config(args, task: str) -> dict:
     learned = DECONV_LEARNED if task == "deconvolution" else DERAIN_LEARNED
     K = args.K
@@ -640,7 +631,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.out_dir is None:
         args.out_dir = Path(tempfile.gettempdir()) / "imaging_quick" if args.quick else OUT_DIR
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    machine = describe_machine(args.device)
+    import optuna
+
+    machine = machine_info(**torch_info(str(args.device)), optuna=optuna.__version__)
 
     outputs = {}
     for task in tasks:

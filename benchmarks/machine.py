@@ -18,6 +18,16 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def torch_info(device: str) -> dict:
+    """torch's version and thread count, the device the benchmark ran on, and the GPU's name on CUDA."""
+    import torch
+
+    info = {"torch_threads": torch.get_num_threads(), "torch": torch.__version__, "device": device}
+    if device.startswith("cuda"):
+        info["cuda_device"] = torch.cuda.get_device_name(torch.device(device))
+    return info
+
+
 def machine_info(**extra) -> dict:
     """Platform, CPU model and count, Python version, and the benchmark's own ``extra`` entries."""
     return {"platform": platform.platform(), "cpu": cpu_model(), "cpu_count": os.cpu_count(),

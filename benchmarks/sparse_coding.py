@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 import torch
-from machine import machine_info  # benchmarks/machine.py (this folder is on sys.path when run as a script)
+from machine import machine_info, torch_info  # benchmarks/machine.py (this folder is on sys.path when run as a script)
 
 from workers import BMOConfig, DivergenceError, evaluate, hypergradient, layer_metrics, make_problem, train
 from workers.bmo import resolve_device
@@ -256,14 +256,6 @@ def print_hypergrad(rows: list[dict], growth: dict) -> None:
         print(f"tape K={g['K_large']} / K={g['K_small']}  {mode:<10}{g['tape_ratio']:>8.2f}x{flat}")
 
 
-def describe_machine() -> dict:
-    device = resolve_device("auto")
-    info = machine_info(torch_threads=torch.get_num_threads(), torch=torch.__version__, device=str(device))
-    if device.type == "cuda":
-        info["cuda_device"] = torch.cuda.get_device_name(device)
-    return info
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=2000, help="outer training steps (default 2000)")
@@ -294,7 +286,7 @@ def main(argv: list[str] | None = None) -> None:
     total = time.perf_counter() - start
 
     result = {
-        "machine": describe_machine(),
+        "machine": machine_info(**torch_info(str(resolve_device("auto")))),
         "config": {"quick": args.quick, "steps": steps, "K": K, "layers_reported": list(LAYERS), "lam_grid": list(LAM_GRID),
                    "train": dataclasses.asdict(train_config(0.1, steps, eval_every)), "bmo_mus": list(BMO_MUS),
                    "hypergrad": {"operator": "tied_coupled", "mu": 0.1, "Ks": list(Ks), "modes": list(MODES),
