@@ -42,12 +42,12 @@ def _find_modules_here() -> None:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     """Train one BMO model (no tuning) and print its progress and final validation figures."""
+    if args.threads < 1:
+        raise UsageError(f"--threads must be a positive integer, got {args.threads}")
     import torch
 
     from workers import BMOConfig, BMOError, make_problem, split_settings, train
 
-    if args.threads < 1:
-        raise UsageError(f"--threads must be a positive integer, got {args.threads}")
     torch.set_num_threads(args.threads)
     _find_modules_here()
     config_values, task_args = split_settings(_parse_assignments(args.set))
