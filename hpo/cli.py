@@ -5,7 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import shlex
 import sys
+import tempfile
+from pathlib import Path
 
 from hpo import __version__
 from hpo.errors import HPOError
@@ -56,6 +60,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
         config = BMOConfig.from_dict(config_values)
     except ValueError as e:
         raise UsageError(str(e)) from None
+    if args.init_from:
+        from workers import SolverFileError, load_weights
+
+        try:
+            meta = load_weights(problem, args.init_from)
+        except SolverFileError as e:
+            raise UsageError(f"--init-from: {e}") from None
+        print(f"ω starts from {args.init_from} (a {meta['task']} solver)", flush=True)
     every = max(1, config.outer_steps // 10)
 
     def report(step: int, m: dict) -> None:
@@ -98,7 +110,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(line, flush=True)
 
     result = run_job(spec, address=args.address, resume=args.resume, out=out)
-    print_result(result, out)
+    argv = [a for a in sys.argv[1:] if a != "--resume"] if sys.argv[1:2] == ["run"] else ["run", args.spec]
+    print_result(result, out, resume_command=shlex.join(["hpo", *argv, "--resume"]))
+    if result.interrupted:
+        return 130  # the shell's code for a job stopped by Ctrl-C
     return 0 if result.complete else 1
 
 
@@ -192,6 +207,132 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_model(args: argparse.Namespace) -> int:
+    """Write a trial's trained solver (default: the best trial's) to a file."""
+    from hpo.models import download_solver, solver_meta, solver_trial
+    from hpo.results import load
+
+    if args.trial is not None and args.trial < 0:
+        raise UsageError(f"--trial must be a trial number >= 0, got {args.trial}")
+    study = load(args.storage, args.study)
+    trial = solver_trial(study, args.trial)
+    out = args.output or f"{re.sub(r'[^A-Za-z0-9._-]+', '_', args.study)}-trial{trial.number}-solver.pt"
+    download_solver(args.storage, trial, out)
+    meta = solver_meta(args.storage, trial) or {}
+    names = study.metric_names or ["value" if len(study.directions) == 1 else f"value_{i}" for i in range(len(study.directions))]
+    values = ", ".join(f"{n}={v:.5g}" for n, v in zip(names, trial.values)) if trial.values else "no value"
+    print(f"wrote {out}: {meta.get('task', 'the')} solver of trial {trial.number} ({values}); load it with "
+          f"workers.load_solver({out!r}) or run it with `hpo apply {shlex.quote(str(out))} --input IN --output OUT`")
+    return 0
+
+
+def _replace_file(path: Path, write) -> None:
+    """``write(binary file)`` into a temporary file beside ``path``, then rename it to ``path``."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _read_png(path: Path, task: str):
+    """A grayscale PNG (8- or 16-bit) as a float array in [0, 1]."""
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    expect = f"a {task} solver reads grayscale PNG images"
+    try:
+        with Image.open(path) as image:
+            kind, mode = image.format, image.mode
+            pixels = np.asarray(image) if kind == "PNG" else None
+    except UnidentifiedImageError:
+        raise UsageError(f"--input {path} is not an image; {expect}") from None
+    except OSError as e:  # a truncated or damaged file
+        raise UsageError(f"--input {path}: cannot read the image ({e}); {expect}") from None
+    if kind != "PNG":
+        raise UsageError(f"--input {path} is a {kind} image; {expect}")
+    scale = {"1": 1, "L": 255, "I;16": 65535, "I;16B": 65535, "I": 65535}.get(mode)
+    if scale is None:
+        raise UsageError(f"--input {path} is a PNG of mode {mode} (colour or alpha); {expect} (8- or 16-bit): convert it first")
+    return pixels.astype(np.float64) / scale
+
+
+def _read_npy(path: Path, task: str):
+    """A finite 1-D or 2-D numeric ``.npy`` array."""
+    import numpy as np
+
+    expect = f"a {task} solver reads a .npy array of one observation (m,) or a batch (B, m)"
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError):
+        raise UsageError(f"--input {path} is not a .npy array; {expect}") from None
+    if not isinstance(array, np.ndarray):  # an .npz archive
+        array.close()
+        raise UsageError(f"--input {path} is an .npz archive, not a .npy array; {expect}")
+    if array.dtype.kind not in "fiu" or array.ndim not in (1, 2):
+        raise UsageError(f"--input {path} holds a {array.dtype} array of shape {array.shape}; {expect}")
+    if not np.isfinite(array).all():
+        raise UsageError(f"--input {path} has NaN or infinite entries")
+    return array
+
+
+def _cmd_apply(args: argparse.Namespace) -> int:
+    """Run a trained solver on an observation file and write the estimate."""
+    if args.K is not None and args.K < 1:
+        raise UsageError(f"--K must be a positive integer, got {args.K}")
+    source, out = Path(args.input), Path(args.output)
+    if not source.is_file():
+        raise UsageError(f"--input {source}: no such file")
+    if not out.parent.is_dir():
+        raise UsageError(f"--output {out}: directory {str(out.parent)!r} does not exist")
+    import numpy as np
+    import torch
+
+    from workers import apply_solver, load_solver
+
+    torch.set_num_threads(1)
+    _find_modules_here()
+    try:
+        solver = load_solver(args.file, device=args.device)
+    except ValueError as e:  # SolverFileError, or a device torch does not see
+        raise UsageError(str(e)) from None
+    problem, task = solver.problem, solver.meta["task"]
+    kind = problem.observation_kind
+    if kind not in ("image", "vector"):
+        raise UsageError(f"{task}: observation_kind must be 'image' or 'vector', got {kind!r}")
+    suffix = ".png" if kind == "image" else ".npy"
+    if out.suffix.lower() != suffix:
+        raise UsageError(f"--output {out}: a {task} solver writes {suffix} files")
+    if kind == "image":
+        observed = _read_png(source, task)
+        y = torch.from_numpy(observed)[None, None]
+    else:
+        observed = _read_npy(source, task)
+        y = torch.from_numpy(observed.astype(np.float64))
+        y = y[None] if y.ndim == 1 else y
+    K = args.K or solver.config.eval_steps
+    try:
+        estimate = apply_solver(solver, y, K=K).detach().cpu().numpy()
+    except (ValueError, NotImplementedError) as e:  # the observation does not fit the task (observation_batch)
+        raise UsageError(f"--input {source}: {e}") from None
+    if kind == "image":
+        from PIL import Image
+
+        pixels = np.round(np.clip(estimate[0, 0], 0.0, 1.0) * 65535).astype(np.uint16)
+        _replace_file(out, lambda f: Image.fromarray(pixels).save(f, format="PNG"))
+        shape = f"{pixels.shape[0]}x{pixels.shape[1]}, 16-bit"
+    else:
+        estimate = estimate.reshape(-1) if observed.ndim == 1 else estimate
+        _replace_file(out, lambda f: np.save(f, estimate))
+        shape = f"shape {estimate.shape}"
+    assumes = problem.degradation()
+    print(f"wrote {out} ({shape}): {task} solver, {K} steps" + (f"; it assumes {assumes}" if assumes else ""))
+    return 0
+
+
 def _cmd_dashboard(args: argparse.Namespace) -> int:
     """Serve optuna-dashboard over a storage until Ctrl-C (loopback only unless --allow-remote)."""
     from hpo.dashboard import serve
@@ -213,6 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="a BMOConfig field or task argument, e.g. --set mu=0.1 --set m=250 (repeatable)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: fastest per process on CPU)")
+    p.add_argument("--init-from", metavar="FILE", help="start ω from this solver file (from `hpo model`): fine-tuning")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("run", help="run (or --resume) a tuning job from a YAML spec")
@@ -262,6 +404,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("csv", "json"), default="csv")
     p.add_argument("--output", "-o", help="write to this file (atomically) instead of stdout")
     p.set_defaults(func=_cmd_export)
+    p = with_storage(sub.add_parser("model", help="write a trial's trained solver to a file (default: the best trial's)"))
+    p.add_argument("study")
+    p.add_argument("--trial", type=int, help="trial number (default: the best trial; needed for multi-objective studies)")
+    p.add_argument("--output", "-o", metavar="FILE", help="where to write it (default: STUDY-trialN-solver.pt here; replaced if present)")
+    p.set_defaults(func=_cmd_model)
+    p = sub.add_parser("apply", help="run a trained solver on your data: a grayscale PNG (image tasks) or a .npy array")
+    p.add_argument("file", help="solver file (from `hpo model`, or solver.pt from workers.save_solver)")
+    p.add_argument("--input", "-i", required=True, metavar="IN", help="the observation: a grayscale PNG, or .npy (m,) or (B, m)")
+    p.add_argument("--output", "-o", required=True, metavar="OUT", help="where to write the estimate: a 16-bit PNG, or .npy")
+    p.add_argument("--K", type=int, help="solver steps (default: the solver's eval_K, else K)")
+    p.add_argument("--device", choices=("cpu", "cuda"), help="where to run (default: where it was trained, when available)")
+    p.set_defaults(func=_cmd_apply)
     p = with_storage(sub.add_parser("dashboard", help="serve optuna-dashboard over the storage (on 127.0.0.1)"))
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default: 127.0.0.1; anything but loopback needs --allow-remote)")
@@ -287,10 +441,15 @@ def main(argv: list[str] | None = None) -> int:
 
         args.address = default_address()
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # here, where a closed pipe can still be caught
+        return code
     except (UsageError, HPOError) as e:
         print(f"hpo: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader left early (`hpo best --json | head -1`): not worth a traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's own flush must not fail again
+        return 1
 
 
 if __name__ == "__main__":

@@ -19,3 +19,7 @@ class ClusterError(HPOError):
 
 class DashboardError(HPOError):
     """The dashboard cannot be served as asked (a non-loopback host without --allow-remote, a busy port)."""
+
+
+class ModelError(HPOError):
+    """A trial's trained solver cannot be had: no such trial, the trial kept none, its file is missing."""

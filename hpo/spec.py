@@ -28,9 +28,10 @@ TASK_PREFIX = "task."  # a space key "task.seed" names the task argument, not BM
 
 TOP_LEVEL = (
     "study", "task", "task_args", "fixed", "space", "objective", "sampler", "scheduler",
-    "trials", "concurrency", "resources", "time_budget", "storage", "results_dir", "report_interval",
-    "artifacts", "max_retries",
+    "trials", "concurrency", "resources", "time_budget", "storage", "results_dir", "artifacts", "max_retries",
+    "checkpoint_every", "keep_models", "init_from", "driver_lease",
 )
+KEEP_MODELS = ("all", "best", "none")
 
 
 @dataclass(frozen=True)
@@ -98,9 +99,12 @@ class JobSpec:
     time_budget: float | None = None
     storage: str = DEFAULT_STORAGE
     results_dir: str = DEFAULT_RESULTS_DIR
-    report_interval: float = 1.0  # seconds between a trial's reports (the last step is always reported)
     artifacts: bool = True  # per-trial figures (convergence; restorations for image tasks) for the dashboard
     max_retries: int = 3  # times a trial is restarted when its worker or node is lost (never for errors in the task)
+    checkpoint_every: int = 0  # outer steps between a trial's checkpoints (0: at a quarter, half, ... of outer_steps)
+    keep_models: str = "all"  # which finished trials keep their trained solver as an artifact: all, best, none
+    init_from: str | dict | None = None  # a solver file, or {study, trial}, whose ω every trial starts from
+    driver_lease: float = 30.0  # seconds a dead driver's study stays locked against another driver
 
     @property
     def multi_objective(self) -> bool:
@@ -243,10 +247,26 @@ def _storage_url(v) -> str:
     return v
 
 
+def _init_from(v) -> str | dict | None:
+    if v is None or (isinstance(v, str) and v):
+        return v
+    if isinstance(v, dict):
+        v = _mapping("init_from", v, ("study", "trial", "storage"))
+        if not isinstance(v.get("study"), str) or not v["study"]:
+            raise _fail("init_from.study", f"must be a study name, got {v.get('study')!r}")
+        if v.get("trial") is not None:
+            _integer("init_from.trial", v["trial"], minimum=0)
+        return dict(v)
+    raise _fail("init_from", f"must be a solver file or {{study: NAME, trial: N}}, got {v!r}")
+
+
 def parse_spec(data: Any, *, source: str = "spec") -> JobSpec:
     """Validate a spec already read into Python data (a mapping) and return a ``JobSpec``."""
     if not isinstance(data, dict):
         raise SpecError(f"{source}: a job spec must be a YAML mapping, got {type(data).__name__}")
+    if "report_interval" in data:
+        raise _fail("report_interval", "was removed: a trial reports at every validation (fixed.eval_every), "
+                                       "so a scheduler sees the same steps on any machine")
     _mapping("", data, TOP_LEVEL)
     study = data.get("study")
     if not isinstance(study, str) or not study.strip():
@@ -313,7 +333,10 @@ def parse_spec(data: Any, *, source: str = "spec") -> JobSpec:
     results_dir = data.get("results_dir", DEFAULT_RESULTS_DIR)
     if not isinstance(results_dir, str) or not results_dir:
         raise _fail("results_dir", f"must be a path or URI, got {results_dir!r}")
-    report_interval = _number("report_interval", data.get("report_interval", 1.0), nonnegative=True)
+    checkpoint_every = _integer("checkpoint_every", data.get("checkpoint_every", 0), minimum=0)
+    keep_models = _choice("keep_models", data.get("keep_models", "all"), KEEP_MODELS)
+    init_from = _init_from(data.get("init_from"))
+    driver_lease = _number("driver_lease", data.get("driver_lease", 30.0), positive=True)
     artifacts = data.get("artifacts", True)
     if not isinstance(artifacts, bool):
         raise _fail("artifacts", f"must be true or false, got {artifacts!r}")
@@ -321,7 +344,10 @@ def parse_spec(data: Any, *, source: str = "spec") -> JobSpec:
     return JobSpec(
         artifacts=artifacts,
         max_retries=max_retries,
-        report_interval=report_interval,
+        checkpoint_every=checkpoint_every,
+        keep_models=keep_models,
+        init_from=init_from,
+        driver_lease=driver_lease,
         study=study.strip(),
         task=task,
         task_args=dict(_mapping("task_args", data.get("task_args"))),

@@ -13,7 +13,7 @@ computed by ``config.hypergrad``:
 - ``truncated``: through the last ``truncate`` steps;
 - ``jfb``: Jacobian-free backprop, through the last step only (memory O(1));
 - ``implicit``: implicit differentiation at the fixed point of T, the adjoint
-  equation v = ∂_uℓ + (∂_uT)ᵀv solved by fixed-point iteration.
+  equation v = ∂_uℓ + (∂_uT)ᵀv solved matrix-free by BiCGSTAB.
 
 ``restarts = R`` ("Restarted contractive operators to learn at equilibrium"):
 R blocks of K steps without gradient, each restarting the step-size schedule
@@ -154,6 +154,57 @@ class InnerSolution(NamedTuple):
 
 
 @dataclass
+class TrainState:
+    """Everything ``train`` needs to continue after outer step ``step`` exactly as if it had not stopped.
+
+    ω and the optimizer's state, the global torch RNG states, the warm start, the last validation
+    and the training seconds so far. The data stream's position is ``step``: the train batches
+    are a seeded stream, so a resumed run skips the ``step`` batches already used.
+    """
+
+    step: int
+    problem: dict
+    optimizer: dict | None
+    rng: dict
+    u_prev: Tensor | None = None
+    val: dict[str, float] = field(default_factory=dict)
+    val_step: int = 0
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        """Plain data for ``torch.save`` (loadable with ``weights_only=True``)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainState:
+        return cls(**data)
+
+
+def _rng_state() -> dict:
+    state = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _cpu(value):
+    """``value`` (a state dict, possibly nested) with its tensors copied to the CPU."""
+    if isinstance(value, Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {k: _cpu(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_cpu(v) for v in value)
+    return value
+
+
+@dataclass
 class TrainResult:
     """What ``train`` returns: the per-step trace and the last validation metrics."""
 
@@ -288,12 +339,17 @@ def evaluate(problem: Problem, config: BMOConfig, split: str = "val", *, K: int 
     K = config.eval_steps if K is None else K
     sums: dict[str, float] = {}
     n = 0
-    for batch in problem.batches(split):
-        u, _ = evaluate_solve(problem, batch, config, K=K)
-        values = {**problem.metrics(u, batch), "fp_residual": fp_residual(problem, u, batch, K + 1)}
-        for name, v in values.items():
-            sums[name] = sums.get(name, 0.0) + float(v)
-        n += 1
+    was_training = problem.training
+    problem.eval()  # the residual's T too: evaluating must not change ω's buffers (a spectral norm's power iteration)
+    try:
+        for batch in problem.batches(split):
+            u, _ = evaluate_solve(problem, batch, config, K=K)
+            values = {**problem.metrics(u, batch), "fp_residual": fp_residual(problem, u, batch, K + 1)}
+            for name, v in values.items():
+                sums[name] = sums.get(name, 0.0) + float(v)
+            n += 1
+    finally:
+        problem.train(was_training)
     if n == 0:
         raise ValueError(f"problem {type(problem).__name__} yields no batches for split {split!r}")
     return {name: v / n for name, v in sums.items()}
@@ -429,13 +485,22 @@ def train(
     problem: Problem,
     config: BMOConfig,
     report: Callable[[int, dict[str, float]], None] | None = None,
+    *,
+    start: TrainState | None = None,
+    checkpoint: Callable[[TrainState], None] | None = None,
+    checkpoint_every: int = 0,
 ) -> TrainResult:
     """Outer loop of BMO (Algorithm 1, line 9): ``outer_steps`` hypergradient steps on ω.
 
     Calls ``report(step, metrics)`` after every outer step with ``upper_loss``,
     ``fp_residual`` (of the training batch's u^K), ``seconds`` and the last
     validation metrics prefixed ``val_`` (validated at the first step, every
-    ``eval_every`` steps and at the last step; ``val_step`` says when). Raises ``DivergenceError`` when u or ω stops being finite.
+    ``eval_every`` steps and at the last step; ``val_step`` says when). Raises
+    ``DivergenceError`` when u or ω stops being finite.
+
+    ``checkpoint(state)`` is called after every ``checkpoint_every``-th step and the last one
+    (``checkpoint_every=0``: never), before ``report`` of that step; ``start`` continues from
+    such a state, on the same trajectory as the run that saved it.
     """
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
@@ -443,12 +508,22 @@ def train(
     params = _trainable(problem)
     optimizer = _make_optimizer(config, problem) if params else None
     result = TrainResult(device=str(device))
-    start = time.perf_counter()
     train_batches = iter(problem.batches("train"))
     u_prev: Tensor | None = None
     val: dict[str, float] = {}
-    val_step = 0
-    for step in range(1, config.outer_steps + 1):
+    val_step = done = 0
+    earlier = 0.0  # training seconds before ``start``
+    if start is not None:
+        problem.load_state_dict(start.problem)
+        if optimizer is not None and start.optimizer is not None:
+            optimizer.load_state_dict(start.optimizer)
+        _set_rng_state(start.rng)
+        u_prev = None if start.u_prev is None else start.u_prev.to(device)
+        val, val_step, done, earlier = dict(start.val), start.val_step, start.step, start.seconds
+        for _ in range(done):  # the data stream's position: skip the batches already used
+            next(train_batches)
+    clock = time.perf_counter()
+    for step in range(done + 1, config.outer_steps + 1):
         batch = next(train_batches)
         u0 = problem.init(batch)
         if config.warm_start and u_prev is not None and u_prev.shape == u0.shape:
@@ -473,10 +548,17 @@ def train(
             val_step = step
         metrics.update(val)
         metrics["val_step"] = val_step
-        metrics["seconds"] = time.perf_counter() - start
+        metrics["seconds"] = earlier + time.perf_counter() - clock
         result.trace.append(metrics)
+        if checkpoint is not None and checkpoint_every and (step % checkpoint_every == 0 or step == config.outer_steps):
+            checkpoint(TrainState(
+                step=step, problem=_cpu(problem.state_dict()),
+                optimizer=None if optimizer is None else _cpu(optimizer.state_dict()), rng=_rng_state(),
+                u_prev=None if not config.warm_start else _cpu(u_prev), val=dict(val), val_step=val_step,
+                seconds=metrics["seconds"],
+            ))
         if report is not None:
             report(step, metrics)
-    result.seconds = time.perf_counter() - start
+    result.seconds = earlier + time.perf_counter() - clock
     result.final = val if config.outer_steps else {f"val_{k}": v for k, v in evaluate(problem, config, "val").items()}
     return result

@@ -45,6 +45,12 @@ Conventions:
   construction: the conformance suite checks it on random pairs.
 - Set ``upper_loss_needs_truth = False`` when ℓ needs no ground truth; the solver
   then evaluates with the full BMO step instead of the plain fixed-point step.
+- To run a trained solver on a user's data (``workers.apply_solver``, ``hpo apply``), define
+  ``observation_batch(y)``: a batch with the observation and no ground truth, on which ``init``,
+  ``operator``, ``project`` and ``estimate`` work (``metrics`` and ``upper_loss`` never see it).
+  ``observation_kind`` says what ``hpo apply`` reads and writes ("image": grayscale PNG files as
+  (B, 1, H, W) in [0, 1]; "vector": ``.npy`` arrays (B, m)); ``degradation()`` says in one
+  sentence what the solver was trained to undo.
 """
 
 from __future__ import annotations
@@ -62,6 +68,8 @@ class Problem(nn.Module):
     upper_loss_needs_truth: bool = True
     #: T is nonexpansive in u by construction (the conformance suite checks it).
     nonexpansive: bool = False
+    #: What ``hpo apply`` reads and writes: "image" (grayscale PNG) or "vector" (``.npy``).
+    observation_kind: str = "vector"
 
     def init(self, batch) -> Tensor:
         """Return the initial iterate u⁰ for ``batch``."""
@@ -93,6 +101,16 @@ class Problem(nn.Module):
             loss = self.upper_loss(leaf, batch) * u.shape[0]
             (grad,) = torch.autograd.grad(loss, leaf, create_graph=taped)
         return grad
+
+    def observation_batch(self, y: Tensor):
+        """A batch holding only the observation ``y`` (on the problem's device and dtype; no ground
+        truth), for running a trained solver on a user's data. Raise ``ValueError`` naming the
+        expected shape when ``y`` does not fit."""
+        raise NotImplementedError(f"{type(self).__name__} does not support running on user data: define observation_batch(y)")
+
+    def degradation(self) -> str:
+        """One sentence on what the solver is trained to undo (e.g. "gaussian blur 25x25 (sigma 1.6), noise 1%")."""
+        return ""
 
     def metric_inv(self, g: Tensor, batch) -> Tensor:
         """Apply H⁻¹ (the inverse correction metric) to ``g``; identity by default."""

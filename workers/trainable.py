@@ -1,29 +1,39 @@
 """The Ray Tune function trainable: searched params + the job's fixed settings → problem + BMO → tune.report.
 
-The only module of ``workers`` that imports Ray. It reports validations (every
-``eval_every`` outer steps), at most one per ``report_interval`` seconds and
-always the last step, with ``outer_step`` as the time attribute. A divergence, a bad parameter
-combination or an exception in the task's code is reported as a failed result (``diverged`` /
-``trial_error``, with ``trial_traceback``) and the trial ends normally, so the driver records the
-reason and the job goes on. Nothing the task does raises out of the trainable: an error Tune sees
-is the trial's worker or node going away (a dead node, a killed process), which Tune retries
-(``max_retries``); retrying a bug in the task would only fail again.
+The only module of ``workers`` that imports Ray; the keys it reports are ``workers.protocol``'s.
+
+- Reports follow the solver, not the clock: every validation (``eval_every`` outer steps), every
+  checkpoint and the last step are reported, with ``outer_step`` as the time attribute, so a
+  scheduler sees the same rungs on any hardware.
+- Every ``checkpoint_every`` outer steps the full training state goes to Tune as a checkpoint
+  (``state.pt``: ``workers.bmo.TrainState`` plus the validation history its figures need). A
+  trial Tune restarts after a lost worker or node continues from ``tune.get_checkpoint()``; a
+  trial the driver hands out again after a restart continues from ``RESUME_FROM``.
+- The last step's checkpoint also holds the trained solver (``solver.pt``, ``solver.json``) and
+  the trial's figures; the driver stores them as the trial's artifacts.
+- A divergence, a bad parameter combination or an exception in the task's code is reported as a
+  failed result (``diverged`` / ``trial_error``, with ``trial_traceback``) and the trial ends
+  normally, so the driver records the reason and the job goes on. Nothing the task does raises out
+  of the trainable: an error Tune sees is the trial's worker or node going away, which Tune retries
+  (``max_retries``); retrying a bug in the task would only fail again.
 """
 
 from __future__ import annotations
 
-import base64
+import json
 import math
 import socket
-import time
+import tempfile
 import traceback
+from pathlib import Path
 from typing import Any
 
 import ray
 import torch
 from ray import tune
 
-from workers.bmo import BMOConfig, DivergenceError, evaluate_solve, train
+from workers import protocol as P
+from workers.bmo import BMOConfig, DivergenceError, TrainState, evaluate, evaluate_solve, train
 from workers.tasks import make_problem, split_settings
 
 
@@ -31,14 +41,14 @@ def _worst(objectives: list[tuple[str, str]]) -> dict[str, float]:
     return {key: (math.inf if mode == "min" else -math.inf) for key, mode in objectives}
 
 
-def _artifacts(problem, config: BMOConfig, history: list[dict], metric: str) -> dict[str, str]:
-    """The trial's figures as base64 PNGs under ``artifact:<file name>`` keys (the driver stores them)."""
+def write_figures(directory: Path, problem, config: BMOConfig, history: list[dict], metric: str) -> None:
+    """The trial's figures as PNG files in ``directory``: convergence, and a restoration for image tasks."""
     from workers.figures import convergence_png, restoration_png
 
     K = config.eval_steps
     batch = next(iter(problem.batches("val")))
     _, per_layer = evaluate_solve(problem, batch, config, K=2 * K, trace=True)
-    figures = {"convergence.png": convergence_png([m["fp_residual"] for m in per_layer], K, history, metric)}
+    (directory / "convergence.png").write_bytes(convergence_png([m["fp_residual"] for m in per_layer], K, history, metric))
     test = next(iter(problem.batches("test")))
     if getattr(test, "x", None) is not None and test.x.ndim == 4:  # an image task: show a restoration
         u, _ = evaluate_solve(problem, test, config)
@@ -46,25 +56,47 @@ def _artifacts(problem, config: BMOConfig, history: list[dict], metric: str) -> 
         quality = ", ".join(f"{k}={v:.4g}" for k, v in problem.metrics(u, test).items())
         names = ", ".join(getattr(test, "names", ()) or ())
         image = lambda t: t[0, 0].detach().float().cpu().numpy()  # noqa: E731
-        figures["restoration.png"] = restoration_png(image(test.y), image(restored), image(test.x), f"{names} {quality}".strip())
-    return {f"artifact:{name}": base64.b64encode(png).decode("ascii") for name, png in figures.items()}
+        png = restoration_png(image(test.y), image(restored), image(test.x), f"{names} {quality}".strip())
+        (directory / "restoration.png").write_bytes(png)
+
+
+def default_checkpoint_every(outer_steps: int) -> int:
+    """Outer steps between checkpoints when the spec sets none: at a quarter, half, three quarters and the end."""
+    return max(1, math.ceil(outer_steps / 4))
+
+
+def load_state(checkpoint) -> tuple[TrainState, list[dict]]:
+    """The training state and validation history saved in a Tune checkpoint (or a directory path)."""
+    if isinstance(checkpoint, (str, Path)):
+        checkpoint = tune.Checkpoint(str(checkpoint))
+    with checkpoint.as_directory() as directory:
+        saved = torch.load(Path(directory) / P.STATE_FILE, weights_only=True, map_location="cpu")
+    return TrainState.from_dict(saved["train"]), list(saved["history"])
 
 
 def trainable(params: dict[str, Any], *, job: dict[str, Any]) -> None:
-    """Train one BMO model with ``params`` (searched) over ``job`` (task, task_args, fixed, objectives, threads)."""
+    """Train one BMO model with ``params`` (searched) over ``job`` (task, task_args, fixed, objectives, ...)."""
     torch.set_num_threads(job.get("threads", 1))
-    config_values, task_args = split_settings({**job["fixed"], **params})
+    params = dict(params)
+    params.pop(P.OPTUNA_TRIAL, None)
+    resume_from = params.pop(P.RESUME_FROM, None)
+    config_values, searched_task_args = split_settings({**job["fixed"], **params})
+    task_args = {**job["task_args"], **searched_task_args}
     objectives = [tuple(o) for o in job["objectives"]]
-    base = {"outer_step": 0, "outer_steps": config_values.get("outer_steps", BMOConfig.outer_steps),
-            "node": socket.gethostname(), "ray_node": ray.get_runtime_context().get_node_id()[:12],
-            "gpus": [str(g) for g in ray.get_gpu_ids()]}  # the (logical) GPUs Ray gave this trial, shared when fractional
+    base = {P.OUTER_STEP: 0, P.OUTER_STEPS: config_values.get("outer_steps", BMOConfig.outer_steps),
+            P.NODE: socket.gethostname(), P.RAY_NODE: ray.get_runtime_context().get_node_id()[:12],
+            P.GPUS: [str(g) for g in ray.get_gpu_ids()]}  # the (logical) GPUs Ray gave this trial, shared when fractional
 
     def failed(message: str) -> None:
-        tune.report({**base, **_worst(objectives), "trial_error": message, "trial_traceback": traceback.format_exc()[-4000:]})
+        tune.report({**base, **_worst(objectives), P.TRIAL_ERROR: message, P.TRIAL_TRACEBACK: traceback.format_exc()[-4000:]})
 
     try:
         config = BMOConfig.from_dict(config_values)
-        problem = make_problem(job["task"], {**job["task_args"], **task_args})
+        problem = make_problem(job["task"], task_args)
+        if job.get("init_from"):
+            from workers.solver import load_weights
+
+            load_weights(problem, job["init_from"])
     except (ValueError, TypeError) as e:
         failed(f"invalid settings: {e}")
         return
@@ -72,28 +104,65 @@ def trainable(params: dict[str, Any], *, job: dict[str, Any]) -> None:
         failed(f"the task could not be built: {type(e).__name__}: {e}")
         return
 
-    interval = job.get("report_interval", 0.0)
-    last_report = [time.monotonic()]
-    history: list[dict[str, float]] = []
+    start, history = None, []
+    checkpoint = tune.get_checkpoint() or (tune.Checkpoint(resume_from) if resume_from else None)
+    if checkpoint is not None:
+        try:
+            start, history = load_state(checkpoint)
+        except Exception as e:  # noqa: BLE001 - a checkpoint cut short by a crash: start over, and say so
+            base["checkpoint_error"] = f"{type(e).__name__}: {e}"[:300]
+    base["resumed_from"] = 0 if start is None else start.step
+    every = job.get("checkpoint_every", 0)
+    pending: dict[int, TrainState] = {}
+
+    def keep(state: TrainState) -> None:
+        pending[state.step] = state
 
     def report(step: int, metrics: dict[str, float]) -> None:
-        if metrics["val_step"] != step:
+        validated = metrics[P.VAL_STEP] == step
+        if validated and not (history and history[-1]["step"] == step):
+            history.append({"step": step, **{k: v for k, v in metrics.items() if k == "upper_loss" or k.startswith(P.VAL_PREFIX)}})
+        last = step == config.outer_steps
+        if not (validated or last or step in pending):
             return
-        history.append({"step": step, **{k: v for k, v in metrics.items() if k == "upper_loss" or k.startswith("val_")}})
-        now = time.monotonic()
-        if step != config.outer_steps and now - last_report[0] < interval:
-            return  # each report costs Tune a few ms; at most one per interval, and always the last step
-        last_report[0] = now
-        out = {**base, **metrics, "outer_step": step, "device": str(problem.device)}
-        if step == config.outer_steps:
-            out.update({f"refined_{k}": v for k, v in problem.learned_values().items()})
-            if job.get("artifacts", False):
-                out.update(_artifacts(problem, config, history, job["objectives"][0][0].removeprefix("val_")))
-        tune.report(out)
+        out = {**base, **metrics, P.OUTER_STEP: step, P.DEVICE: str(problem.device)}
+        state = pending.pop(step, None)
+        if state is None and not last:
+            tune.report(out)
+            return
+        with tempfile.TemporaryDirectory(prefix="bmo-ckpt-") as tmp:
+            directory = Path(tmp)
+            if last:
+                out.update({f"{P.REFINED_PREFIX}{k}": v for k, v in problem.learned_values().items()})
+                finish(directory, out)
+            if state is not None:
+                torch.save({"train": state.to_dict(), "history": history}, directory / P.STATE_FILE)
+            tune.report(out, checkpoint=tune.Checkpoint.from_directory(tmp))
+
+    def finish(directory: Path, out: dict) -> None:
+        """The final solver, its test metrics and the figures, into the last checkpoint."""
+        from workers.solver import save_solver
+
+        test = {f"{P.TEST_PREFIX}{k}": v for k, v in evaluate(problem, config, "test").items()}
+        out.update(test)
+        if job.get("keep_models", "all") != "none":
+            save_solver(directory, problem, config, task=job["task"], task_args=task_args,
+                        metrics={k.removeprefix(P.TEST_PREFIX): v for k, v in test.items()})
+        if job.get("artifacts", False):
+            write_figures(directory, problem, config, history, objectives[0][0].removeprefix(P.VAL_PREFIX))
+        (directory / "history.json").write_text(json.dumps(history))
 
     try:
-        train(problem, config, report=report)
+        if job.get("init_from") and start is None:  # a fine-tuned trial's first report: the solver it starts from
+            tune.report({**base, **{f"{P.VAL_PREFIX}{k}": v for k, v in evaluate(problem, config, "val").items()},
+                         P.VAL_STEP: 0, P.DEVICE: str(problem.device)})
+        # the last step always checkpoints: its checkpoint carries the solver
+        train(problem, config, report=report, start=start, checkpoint=keep,
+              checkpoint_every=every or default_checkpoint_every(config.outer_steps))
+        if start is not None and start.step == config.outer_steps:  # stopped after its last step: report it again
+            pending[start.step] = start
+            report(start.step, {**start.val, P.VAL_STEP: start.val_step, "seconds": start.seconds})
     except DivergenceError as e:
-        tune.report({**base, **_worst(objectives), "outer_step": e.outer_step, "diverged": str(e)})
+        tune.report({**base, **_worst(objectives), P.OUTER_STEP: e.outer_step, P.DIVERGED: str(e)})
     except Exception as e:  # a bug or a resource error in the task: reported, not raised (Tune would retry it)
         failed(f"{type(e).__name__}: {e}")

@@ -18,7 +18,7 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from hpo.driver import autoscaler_node_types, check_resources
+from hpo.ray_cluster import autoscaler_node_types, check_resources
 from hpo.errors import ClusterError
 from hpo.spec import load_spec
 from tests.hpo.clusters import FakeAutoscalingCluster, LocalCluster, wait_for
@@ -49,10 +49,11 @@ class B:
 
 class Gather(Problem):
     def __init__(self, log: str = "", expect: int = 1, wait: float = 90.0, crash: bool = False, hold: bool = False,
-                 t0: float = 0.5):
+                 hold_at: int = 0, t0: float = 0.5):
         super().__init__()
         self.t = torch.nn.Parameter(torch.tensor(t0))
         self.log, self.expect, self.wait, self.crash, self.hold = Path(log), expect, wait, crash, hold
+        self.hold_at = hold_at
         self.training = False
         g = torch.Generator().manual_seed(0)
         self.data = B(torch.randn(8, 4, generator=g), torch.randn(8, 4, generator=g))
@@ -89,9 +90,13 @@ class Gather(Problem):
         return {"mse": float(((u - batch.x) ** 2).mean())}
 
     def batches(self, split):
-        if split == "train":
+        if split == "train" and not self.hold_at:
             self.start_training()  # the trial runs (the driver's spec check only evaluates)
+        drawn = 0
         while True:
+            drawn += 1
+            if split == "train" and drawn == self.hold_at:
+                self.start_training()  # check in at outer step hold_at (again after a restart from a checkpoint)
             yield self.data
             if split != "train":
                 return
@@ -128,9 +133,10 @@ def test_an_error_in_the_task_fails_its_trial_at_once_and_is_never_retried(tmp_p
 
 
 @pytest.mark.parametrize("retries", [1, 0])
-def test_a_killed_trial_process_is_restarted_or_fails_once_retries_are_used_up(tmp_path, ray_address, retries):
+def test_a_killed_trial_process_resumes_from_its_checkpoint_or_fails_once_retries_are_used_up(tmp_path, ray_address, retries):
     log = tmp_path / "log"
-    spec = _gather_spec(tmp_path, log, task_args={"hold": True}, trials=1, concurrency=1, max_retries=retries)
+    spec = _gather_spec(tmp_path, log, task_args={"hold": True, "hold_at": 12}, trials=1, concurrency=1,
+                        max_retries=retries, checkpoint_every=5)
     driver = subprocess.Popen([sys.executable, "-m", "hpo.cli", "run", str(spec), "--address", ray_address],
                               cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -140,7 +146,7 @@ def test_a_killed_trial_process_is_restarted_or_fails_once_retries_are_used_up(t
             return list(log.glob("*.in"))
 
         # 300 s: under a loaded CPU (another training run beside the suite) 120 s was once too short
-        (checked_in,) = wait_for(started, 300, what="the trial's start")
+        (checked_in,) = wait_for(started, 300, what="the trial's check-in at outer step 12")
         os.kill(int(checked_in.name.split("-")[0]), signal.SIGKILL)  # the trial's worker process, mid-trial
         (log / "release").touch()
         output = driver.communicate(timeout=300)[0]
@@ -150,11 +156,35 @@ def test_a_killed_trial_process_is_restarted_or_fails_once_retries_are_used_up(t
     if retries:
         assert driver.returncode == 0 and trial.state == TrialState.COMPLETE, output[-3000:]
         assert trial.user_attrs["retries"] == 1 and len(list(log.glob("*.in"))) == 2  # started again, in a new process
-        assert f"trial 0: {trial.user_attrs['retry_reasons'][0]}; restarting it (retry 1 of 1)" in output
+        assert trial.user_attrs["resumed_from"] == 10  # from its checkpoint at step 10, not from step 1
+        assert sorted(trial.intermediate_values) == [1, 5, 10, 15, 20]  # none repeated, none missing
+        assert f"trial 0: {trial.user_attrs['retry_reasons'][0]}; restarting it from its latest checkpoint (retry 1 of 1)" in output
+        from workers import load_solver
+
+        solver = tmp_path / "solver.pt"
+        assert run_cli("model", "t", "--storage", f"sqlite:///{tmp_path / 'studies.db'}", "-o", str(solver), cwd=tmp_path).returncode == 0
+        straight = _straight_t(tmp_path, trial.params["t0"])  # the same trial run without a kill
+        assert float(load_solver(solver).problem.t.detach()) == pytest.approx(straight, rel=1e-6)
     else:
         assert driver.returncode == 1 and trial.state == TrialState.FAIL, output[-3000:]
         assert trial.user_attrs["fail_reason"].startswith("its Ray worker was lost 1 time(s) (max_retries: 0); last: ")
         assert "restarting" not in output and len(list(log.glob("*.in"))) == 1
+
+
+def _straight_t(tmp_path, t0: float) -> float:
+    """The learned t of a Gather trial with ``t0`` trained in this process, without interruption."""
+    import importlib
+    import sys as _sys
+
+    from workers import BMOConfig, train
+
+    _sys.path.insert(0, str(tmp_path))
+    try:
+        problem = importlib.import_module("gather").Gather(t0=t0)
+    finally:
+        _sys.path.remove(str(tmp_path))
+    train(problem, BMOConfig(K=3, outer_steps=20, eval_every=5))
+    return float(problem.t.detach())
 
 
 def test_a_worker_node_that_dies_mid_job_loses_no_trial(tmp_path):
@@ -168,8 +198,8 @@ def test_a_worker_node_that_dies_mid_job_loses_no_trial(tmp_path):
         assert "resources.gpu=1 per trial, but the largest node has 0 GPUs, and the cluster has no autoscaler" in proc.stderr
 
         # 4 trials of a few seconds, 2 at a time on the 2 one-CPU worker nodes; no scheduler (none pruned).
-        spec = write_spec(tmp_path, trials=4, concurrency=2, report_interval=0, max_retries=2,
-                          fixed={"K": 8, "outer_steps": 300, "eval_every": 25})
+        spec = write_spec(tmp_path, trials=4, concurrency=2, max_retries=2, checkpoint_every=250,
+                          fixed={"K": 8, "outer_steps": 3000, "eval_every": 250})
         storage = f"sqlite:///{tmp_path / 'studies.db'}"
         driver = subprocess.Popen([sys.executable, "-m", "hpo.cli", "run", str(spec), "--address", cluster.address],
                                   cwd=tmp_path, env=cluster.env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -179,9 +209,10 @@ def test_a_worker_node_that_dies_mid_job_loses_no_trial(tmp_path):
                     trials = optuna.load_study(study_name="t", storage=storage).get_trials()
                 except KeyError:
                     return False
-                return len([t for t in trials if t.state == TrialState.RUNNING and t.intermediate_values]) == 2
+                steps = [t.user_attrs.get("checkpoint", {}).get("step", 0) for t in trials if t.state == TrialState.RUNNING]
+                return len([s for s in steps if 250 <= s <= 1500]) == 2
 
-            wait_for(both_mid_run, 180, what="two trials reporting at once")
+            wait_for(both_mid_run, 180, interval=0.1, what="two trials with a checkpoint, both far from their end, at once")
             cluster.kill_worker(2)
             output = driver.communicate(timeout=300)[0]
         finally:
@@ -201,8 +232,10 @@ def test_a_worker_node_that_dies_mid_job_loses_no_trial(tmp_path):
     assert "node has died" in reason or "Socket closed" in reason, reason
     # No assertion on which node each trial ended on: trials take a few seconds, so which ones a node ran
     # before, at and after the kill is a race (two fresh-clone CI runs failed such assertions).
-    assert t.value is not None and t.user_attrs["final_step"] == 300
-    assert f"trial {t.number}: {reason}; restarting it (retry 1 of 2)" in output
+    assert t.value is not None and t.user_attrs["final_step"] == 3000
+    assert t.user_attrs["resumed_from"] >= 250  # restarted from its checkpoint, not from step 1
+    assert sorted(t.intermediate_values) == [1, *range(250, 3001, 250)]  # none repeated, none missing
+    assert f"trial {t.number}: {reason}; restarting it from its latest checkpoint (retry 1 of 2)" in output
     assert "4/4 finished: 4 complete, 0 pruned, 0 failed" in output
 
 
@@ -272,7 +305,7 @@ def test_resources_are_checked_against_the_autoscalers_node_types(tmp_path, ray_
             "off": {"resources": {"CPU": 4, "GPU": 8}, "max_workers": 0},
         },
     }))
-    monkeypatch.setattr("hpo.driver.BOOTSTRAP_CONFIG", bootstrap)
+    monkeypatch.setattr("hpo.ray_cluster.BOOTSTRAP_CONFIG", bootstrap)
     source, types = autoscaler_node_types()
     assert source == str(bootstrap) and types == {"cpu": {"CPU": 8}, "gpu": {"CPU": 4, "GPU": 1}}
     lines = []

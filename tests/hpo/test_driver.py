@@ -12,10 +12,11 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from hpo.driver import INTERRUPTED, run_job
+from hpo.driver import run_job
 from hpo.errors import ClusterError, StorageError
 from hpo.spec import load_spec
-from tests.hpo.conftest import REPO, USER_PROBLEM, run_cli, write_spec
+from tests.hpo.clusters import wait_for
+from tests.hpo.conftest import BASE_SPEC, REPO, USER_PROBLEM, run_cli, write_spec
 
 pytestmark = pytest.mark.slow
 
@@ -28,7 +29,7 @@ def test_quickstart_end_to_end_with_two_concurrent_trials(tmp_path, ray_address)
     spec = load_spec(
         REPO / "search_spaces" / "quickstart.yaml",
         {"storage": f"sqlite:///{tmp_path / 's.db'}", "results_dir": str(tmp_path / "ray"), "trials": 6,
-         "fixed.outer_steps": 100, "fixed.eval_every": 10, "scheduler.grace_period": 10, "report_interval": 0},
+         "fixed.outer_steps": 100, "fixed.eval_every": 10, "scheduler.grace_period": 10},
     )
     lines = []
     result = run_job(spec, out=lines.append)
@@ -91,57 +92,88 @@ def test_resources_no_node_offers_are_rejected_before_writing(tmp_path, ray_addr
 
 
 def test_existing_study_needs_resume_and_resume_needs_a_study(tmp_path, ray_address):
-    spec = load_spec(write_spec(tmp_path, trials=1, report_interval=1e9))
+    spec = load_spec(write_spec(tmp_path, trials=1))
     with pytest.raises(StorageError, match="no study 't'"):
         run_job(spec, resume=True, out=lambda line: None)
     run_job(spec, out=lambda line: None)
     (trial,) = _study(spec).get_trials()
-    assert list(trial.intermediate_values) == [40]  # throttled reports: only the last step
+    assert list(trial.intermediate_values) == [1, 10, 20, 30, 40]  # every validation (eval_every: 10), never by the clock
     with pytest.raises(StorageError, match="already exists .* pass --resume"):
         run_job(spec, out=lambda line: None)
-    changed = load_spec(write_spec(tmp_path, trials=1, report_interval=1e9, fixed={"K": 5, "outer_steps": 40, "eval_every": 10}))
-    with pytest.raises(StorageError, match="fixed differ"):
+    changed = load_spec(write_spec(tmp_path, trials=1, fixed={"K": 5, "outer_steps": 40, "eval_every": 10}))
+    with pytest.raises(StorageError, match=r"differs from study 't'.s at fixed.K \(4 in the study, 5 now\)"):
         run_job(changed, resume=True, out=lambda line: None)
 
 
-def _finished(storage: str, study: str) -> list:
-    try:
-        trials = optuna.load_study(study_name=study, storage=storage).get_trials()
-    except KeyError:
-        return []
-    return [t for t in trials if t.state.is_finished()]
+def _straight_value(spec, params: dict) -> float:
+    """The final validation value of ``params`` trained in this process, without interruption."""
+    from workers import BMOConfig, make_problem, split_settings, train
+
+    config, task_args = split_settings({**spec.fixed, **params})
+    result = train(make_problem(spec.task, {**spec.task_args, **task_args}), BMOConfig.from_dict(config))
+    return result.final[spec.objectives[0].reported]
 
 
-def test_resume_after_sigkill_finishes_the_study(tmp_path, ray_address):
-    spec_path = write_spec(tmp_path, trials=6, concurrency=2, fixed={"K": 8, "outer_steps": 300, "eval_every": 50})
+@pytest.mark.parametrize("sig", ["SIGKILL", "SIGINT"])
+def test_a_killed_or_interrupted_driver_is_resumed_and_its_trials_continue_from_their_checkpoints(tmp_path, ray_address, sig):
+    spec_path = write_spec(tmp_path, trials=4, concurrency=2, checkpoint_every=100, driver_lease=6,
+                           fixed={"K": 8, "outer_steps": 2000, "eval_every": 100})
     storage = f"sqlite:///{tmp_path / 'studies.db'}"
     driver = subprocess.Popen(
         [sys.executable, "-m", "hpo.cli", "run", str(spec_path), "--address", ray_address],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )
-    deadline = time.monotonic() + 240
-    while len(_finished(storage, "t")) < 2 and time.monotonic() < deadline and driver.poll() is None:
-        time.sleep(0.5)
-    assert driver.poll() is None, driver.stdout.read().decode()[-2000:]
-    os.killpg(driver.pid, signal.SIGKILL)
-    driver.wait()
-    before = {t.number: (t.state, t.value) for t in _finished(storage, "t")}
-    assert 2 <= len(before) < 6
+
+    def two_checkpointed():
+        if driver.poll() is not None:
+            raise AssertionError(f"the driver exited early: {driver.stdout.read()[-2000:]}")
+        running = [t for t in _trials_or_none(storage) if t.state == TrialState.RUNNING]
+        return len([t for t in running if t.user_attrs.get("checkpoint", {}).get("step", 0) >= 300]) == 2
+
+    wait_for(two_checkpointed, 240, what="two trials past their third checkpoint")
+    if sig == "SIGKILL":
+        second = run_cli("run", str(spec_path), "--resume", "--address", ray_address, cwd=tmp_path)
+        assert second.returncode == 2 and second.stderr.count("\n") == 1, second.stderr
+        assert "is being run by a live driver" in second.stderr and driver.poll() is None  # refused; the first goes on
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+        early = run_cli("run", str(spec_path), "--resume", "--address", ray_address, cwd=tmp_path)
+        assert early.returncode == 2 and "is being run by a live driver" in early.stderr  # its lease has not run out
+        time.sleep(6)
+    else:
+        os.kill(driver.pid, signal.SIGINT)  # what Ctrl-C sends the driver
+        output = driver.communicate(timeout=120)[0]
+        assert driver.returncode == 130, output[-3000:]
+        assert "the run was interrupted;" in output and f"hpo run {spec_path} --address {ray_address} --resume" in output
+    before = {t.number: t for t in _trials_or_none(storage)}
+    open_trials = [t for t in before.values() if t.state == TrialState.RUNNING]
+    assert len(open_trials) >= 2 and not [t for t in before.values() if t.state == TrialState.PRUNED]
     time.sleep(2)  # let Ray reap the dead driver's trial actors
 
     proc = run_cli("run", str(spec_path), "--resume", "--address", ray_address, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert ("taking over study 't' from a driver whose lease ran out" in proc.stdout) == (sig == "SIGKILL")
     trials = optuna.load_study(study_name="t", storage=storage).get_trials()
-    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
-    for number, (state, value) in before.items():  # nothing finished is lost or changed
-        assert (trials[number].state, trials[number].value) == (state, value)
-    counted = [t for t in trials if t.state.is_finished() and t.user_attrs.get("fail_reason") != INTERRUPTED]
-    assert len(counted) == 6  # exactly the asked-for number: no trial repeated
-    interrupted = [t for t in trials if t.user_attrs.get("fail_reason") == INTERRUPTED]
-    retried = {t.user_attrs.get("retry_of") for t in trials} - {None}
-    assert retried == {t.number for t in interrupted if t.params}
-    for t in (t for t in interrupted if t.params):  # rerun with the same parameters
-        assert any(r.user_attrs.get("retry_of") == t.number and r.params == t.params for r in trials)
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 4  # 0 lost, 0 copies, 0 left running
+    steps = [1, *range(100, 2001, 100)]
+    for old in open_trials:
+        t = trials[old.number]
+        assert "continuing it from its checkpoint at step" in proc.stdout
+        assert t.params == old.params and sorted(t.intermediate_values) == steps  # none missing, none twice
+        for step, value in old.intermediate_values.items():
+            assert t.intermediate_values[step] == value  # reported before the stop, kept as it was
+        if old.user_attrs.get("checkpoint"):
+            resumed = t.user_attrs["resumed_from"]
+            assert max(old.intermediate_values) - 100 <= resumed <= max(old.intermediate_values)  # at most one interval lost
+    t = trials[open_trials[0].number]
+    assert t.value == pytest.approx(_straight_value(load_spec(spec_path), t.params), rel=1e-4, abs=1e-4)
+
+
+def _trials_or_none(storage: str) -> list:
+    try:
+        return optuna.load_study(study_name="t", storage=storage).get_trials()
+    except KeyError:
+        return []
 
 
 def test_two_jobs_write_two_studies_into_one_postgresql_database(tmp_path, ray_address, postgres_url):
@@ -182,7 +214,7 @@ def test_multi_objective_study_records_both_values(tmp_path, ray_address):
 
 
 def test_time_budget_stops_the_job_and_leaves_nothing_running(tmp_path, ray_address):
-    spec = load_spec(write_spec(tmp_path, trials=20, time_budget=6, report_interval=0,
+    spec = load_spec(write_spec(tmp_path, trials=20, time_budget=6,
                                 fixed={"K": 8, "outer_steps": 3000, "eval_every": 100}))
     start = time.monotonic()
     run_job(spec, out=lambda line: None)
@@ -205,3 +237,69 @@ def test_image_task_trials_store_a_restoration_figure(tmp_path, ray_address):
     assert trial.state == TrialState.COMPLETE
     for name in ("artifact_convergence", "artifact_restoration"):
         assert (tmp_path / "artifacts" / trial.user_attrs[name]).stat().st_size > 1000
+
+
+def test_keep_models_best_keeps_one_solver_and_init_from_starts_a_study_from_it(tmp_path, ray_address):
+    spec = load_spec(write_spec(tmp_path, study="base", trials=3, keep_models="best"))
+    run_job(spec, out=lambda line: None)
+    trials = _study(spec).get_trials()
+    best = _study(spec).best_trial
+    assert [t.number for t in trials if "artifact_solver" in t.user_attrs and "model_dropped" not in t.user_attrs] == [best.number]
+    for t in trials:  # a model given up by an earlier best is gone from the artifact store
+        if "model_dropped" in t.user_attrs:
+            assert not (tmp_path / "artifacts" / t.user_attrs["artifact_solver"]).exists()
+    assert (tmp_path / "artifacts" / best.user_attrs["artifact_solver"]).exists()
+
+    tuned = load_spec(write_spec(tmp_path, name="tuned.yaml", study="tuned", trials=1,
+                                 init_from={"study": "base", "trial": best.number}, space={"mu": {"type": "float", "low": 0.0, "high": 0.3}}))
+    run_job(tuned, out=lambda line: None)
+    (trial,) = _study(tuned).get_trials()
+    assert min(trial.intermediate_values) == 0  # its first report: the solver it starts from, before any step
+    assert trial.intermediate_values[0] == pytest.approx(best.value, rel=1e-5)
+
+    solver = tmp_path / "base-solver.pt"
+    assert run_cli("model", "base", "--storage", spec.storage, "-o", str(solver)).returncode == 0
+    other = write_spec(tmp_path, name="other.yaml", study="other", init_from=str(solver),
+                       task_args={**BASE_SPEC["task_args"], "operator": "untied_coupled"})
+    proc = run_cli("run", str(other), "--address", ray_address, cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith("hpo: error: init_from: ") and "tensor 'W' is (1, 16, 32) in the file but (16, 16, 32)" in proc.stderr
+    assert "other" not in [s.study_name for s in optuna.get_all_study_summaries(spec.storage)]
+
+
+SLOW_PROBLEM = '''
+import time
+
+from workers.tasks import SparseCoding
+
+
+class Slow(SparseCoding):
+    """Sparse coding whose every training batch costs `delay` more seconds: a slower machine."""
+
+    def __init__(self, delay: float = 0.0, m: int = 16, n: int = 32, batch_size: int = 16, val_size: int = 64,
+                 test_size: int = 16):
+        super().__init__(m=m, n=n, batch_size=batch_size, val_size=val_size, test_size=test_size)
+        self.delay = delay
+
+    def batches(self, split):
+        for batch in super().batches(split):
+            if split == "train":
+                time.sleep(self.delay)
+            yield batch
+'''
+
+
+def test_the_same_spec_prunes_the_same_trials_on_a_fast_and_a_slowed_down_machine(tmp_path, ray_address):
+    (tmp_path / "slow.py").write_text(SLOW_PROBLEM)
+    outcomes = []
+    for delay in (0.0, 0.03):
+        spec = write_spec(tmp_path, name=f"slow-{delay}.yaml", study=f"slow-{delay}", task="slow:Slow",
+                          task_args={"delay": delay}, trials=6, concurrency=1, sampler={"name": "tpe", "seed": 0},
+                          fixed={"K": 4, "outer_steps": 40, "eval_every": 5},
+                          scheduler={"name": "asha", "grace_period": 5, "reduction_factor": 2})
+        proc = run_cli("run", str(spec), "--address", ray_address, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+        trials = optuna.load_study(study_name=f"slow-{delay}", storage=f"sqlite:///{tmp_path / 'studies.db'}").get_trials()
+        outcomes.append([(t.params, t.state, sorted(t.intermediate_values)) for t in trials])
+    assert outcomes[0] == outcomes[1]
+    assert any(state == TrialState.PRUNED for _, state, _ in outcomes[0])

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from workers import BMOConfig, Problem, make_problem, train
+from workers import BMOConfig, Problem, evaluate_solve, make_problem, train
 
 # Each registered task with its small test arguments, one entry per operator form.
 CASES = [
@@ -105,6 +105,19 @@ def test_a_short_training_run_stays_finite(case):
     problem = make_problem(*case)
     result = train(problem, BMOConfig(K=4, outer_steps=3, eval_every=3, device="cpu"))
     assert all(math.isfinite(v) for v in result.final.values())
+
+
+def test_the_solver_runs_on_the_observation_alone(case):
+    """``observation_batch(y)``: the evaluation solve on y without ground truth is the one on the test batch."""
+    problem = make_problem(*case)
+    config = BMOConfig(K=3, device="cpu")
+    batch = next(iter(problem.batches("test")))
+    alone = problem.observation_batch(batch.y)
+    assert alone.x is None
+    u, _ = evaluate_solve(problem, batch, config)
+    v, _ = evaluate_solve(problem, alone, config)
+    assert torch.equal(problem.estimate(v, alone), problem.estimate(u, batch))
+    assert problem.observation_kind in ("image", "vector") and problem.degradation()
 
 
 def test_unknown_task_argument_is_named():

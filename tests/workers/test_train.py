@@ -1,12 +1,14 @@
 """The outer loop: reports, learning, divergence, devices."""
 
+import dataclasses
+import io
 import math
 
 import pytest
 import torch
 
 from tests.reference_problems import SmoothContractive
-from workers import BMOConfig, DivergenceError, inner_solve, make_problem, train
+from workers import BMOConfig, DivergenceError, TrainState, evaluate, inner_solve, make_problem, train
 
 
 @pytest.mark.parametrize("hypergrad", ["unroll", "truncated", "implicit", "jfb"])
@@ -113,3 +115,38 @@ def test_lr_scale_multiplies_the_outer_step_of_the_named_parameters():
 def test_a_bad_lr_scale_is_one_error_naming_the_parameter(scale):
     with pytest.raises(ValueError, match=r"_HalfStepOnC.lr_scale\('c'\) must be a positive number"):
         train(_HalfStepOnC(scale), BMOConfig(K=2, outer_steps=1, device="cpu"))
+
+
+@pytest.mark.parametrize("task,args,extra", [
+    ("sparse_coding", {"m": 16, "n": 32, "batch_size": 16, "val_size": 32, "test_size": 8}, {"warm_start": True}),
+    ("deconvolution", {"size": 32, "patch": 16, "kernel_size": 9, "batch_size": 2, "width": 4, "depth": 2}, {}),
+])
+def test_a_run_resumed_from_a_checkpoint_follows_the_uninterrupted_trajectory(task, args, extra, device):
+    config = BMOConfig(K=3, outer_steps=9, eval_every=2, gamma=1e-2, device=device, **extra)
+    straight = train(make_problem(task, args), config)
+    saved = []
+    first = make_problem(task, args)
+    train(first, dataclasses.replace(config, outer_steps=9), checkpoint=saved.append, checkpoint_every=4)
+    assert [s.step for s in saved] == [4, 8, 9]  # and the last step
+    buffer = io.BytesIO()  # through the file format a checkpoint uses
+    torch.save(saved[0].to_dict(), buffer)
+    buffer.seek(0)
+    state = TrainState.from_dict(torch.load(buffer, weights_only=True))
+    resumed_problem = make_problem(task, args)
+    resumed = train(resumed_problem, config, start=state)
+    assert [m["upper_loss"] for m in resumed.trace] == pytest.approx([m["upper_loss"] for m in straight.trace[4:]], rel=1e-6)
+    assert resumed.final == pytest.approx(straight.final, rel=1e-6)
+    expected = dict(first.named_parameters())
+    for name, p in resumed_problem.named_parameters():
+        torch.testing.assert_close(p, expected[name])
+
+
+def test_evaluating_leaves_the_problem_unchanged():
+    # the 1-Lipschitz CNN's spectral norms hold a power-iteration buffer that a forward pass in training mode advances
+    problem = make_problem("deconvolution", {"size": 32, "patch": 16, "kernel_size": 9, "batch_size": 2, "width": 4, "depth": 2})
+    config = BMOConfig(K=3, device="cpu")
+    before = {k: v.clone() for k, v in problem.state_dict().items()}
+    first, second = evaluate(problem, config, "test"), evaluate(problem, config, "test")
+    assert first == second and problem.training
+    for k, v in problem.state_dict().items():
+        assert torch.equal(v, before[k]), k

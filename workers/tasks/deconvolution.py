@@ -67,10 +67,11 @@ MAP_LR = 0.3
 
 @dataclass
 class ImageBatch:
-    """Observations ``y``, ground truth ``x`` (both (B, 1, H, W)) and the image names."""
+    """Observations ``y``, ground truth ``x`` (both (B, 1, H, W); ``x`` is None for a user's images) and the
+    image names."""
 
     y: Tensor
-    x: Tensor
+    x: Tensor | None
     names: tuple[str, ...] = ()
     adjoint_y: Tensor | None = None  # Aᵀy, computed once per batch by the first data step that needs it
     threshold_scales: dict = field(default_factory=dict)  # the adaptive model's map, cached per batch (``Deconvolution.threshold_scale``)
@@ -94,6 +95,7 @@ class Deconvolution(Problem):
     """Non-blind deconvolution with a learned PnP splitting step (fb, hqs or drs)."""
 
     upper_loss_needs_truth = True
+    observation_kind = "image"
 
     def __init__(
         self,
@@ -155,6 +157,8 @@ class Deconvolution(Problem):
         dt = DTYPES[dtype]
         k = gaussian_kernel(kernel_size, blur_sigma) if kernel == "gaussian" else motion_kernel(kernel_size, seed=seed)
         self.blur = Blur(k.to(dt), boundary=boundary)
+        shape = f"sigma {blur_sigma:g}" if kernel == "gaussian" else f"seed {seed}"
+        self._degradation = f"{kernel} blur {kernel_size}x{kernel_size} ({shape}, {boundary} boundary), noise {100 * noise:g}%"
         self.noise, self.size, self.patch, self.batch_size, self.seed = float(noise), size, patch, batch_size, seed
         self.operator_name, self.scheme = operator, scheme
         self.nonexpansive = operator in NONEXPANSIVE
@@ -201,6 +205,19 @@ class Deconvolution(Problem):
                 yield ImageBatch(b.y.to(device), b.x.to(device), b.names)
         else:
             raise ValueError(f"deconvolution: split must be train, val or test, got split={split!r}")
+
+    def observation_batch(self, y: Tensor) -> ImageBatch:
+        """Blurred, noisy grayscale images ``y`` (B, 1, H, W) in [0, 1], any size the kernel and filters fit in."""
+        if y.ndim != 4 or y.shape[1] != 1:
+            raise ValueError(f"deconvolution: y must have shape (B, 1, H, W) (grayscale images), got {tuple(y.shape)}")
+        side = max(self.blur.kernel.shape[-1], 7 if isinstance(self.denoiser, ConvexRidgeDenoiser) else 1)
+        if min(y.shape[-2:]) < side:
+            raise ValueError(f"deconvolution: images must be at least {side}x{side} pixels (the blur kernel and the "
+                             f"denoiser's filters must fit), got {y.shape[-2]}x{y.shape[-1]}")
+        return ImageBatch(y, None)
+
+    def degradation(self) -> str:
+        return self._degradation
 
     # the fixed-point problem ----------------------------------------------------------------
 

@@ -57,17 +57,20 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 @dataclass
 class RainBatch:
-    """Rainy images ``y``, clean backgrounds ``x`` and rain layers ``rain`` ((B, 1, H, W) each)."""
+    """Rainy images ``y``, clean backgrounds ``x`` and rain layers ``rain`` ((B, 1, H, W) each; ``x`` and
+    ``rain`` are None for a user's images)."""
 
     y: Tensor
-    x: Tensor
-    rain: Tensor
+    x: Tensor | None
+    rain: Tensor | None
     names: tuple[str, ...] = ()
     filtered: Tensor | None = None  # directional_derain(y), the "prox" model's anchor and start
 
 
 class Derain(Problem):
     """Separate background and rain with learned 1-Lipschitz (or free) CNNs: the "prox" or the "pair" model."""
+
+    observation_kind = "image"
 
     def __init__(
         self,
@@ -149,6 +152,18 @@ class Derain(Problem):
                 yield RainBatch(b.y.to(device), b.x.to(device), b.rain.to(device), b.names, b.filtered.to(device))
         else:
             raise ValueError(f"derain: split must be train, val or test, got split={split!r}")
+
+    def observation_batch(self, y: Tensor) -> RainBatch:
+        """Rainy grayscale images ``y`` (B, 1, H, W) in [0, 1]; the filter's background is computed when needed."""
+        if y.ndim != 4 or y.shape[1] != 1:
+            raise ValueError(f"derain: y must have shape (B, 1, H, W) (grayscale images), got {tuple(y.shape)}")
+        if self.operator_name == "convex" and min(y.shape[-2:]) < 7:
+            raise ValueError(f"derain: images must be at least 7x7 pixels (the convex prior's filters must fit), "
+                             f"got {y.shape[-2]}x{y.shape[-1]}")
+        return RainBatch(y, None, None)
+
+    def degradation(self) -> str:
+        return f"rain streaks added to a clean image (density {0.5 * self.density:g} to {1.5 * self.density:g})"
 
     # the fixed-point problem ------------------------------------------------------------------
 

@@ -36,10 +36,10 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 @dataclass
 class SparseBatch:
-    """Measurements ``y`` (B, m) and true codes ``x`` (B, n)."""
+    """Measurements ``y`` (B, m) and true codes ``x`` (B, n); ``x`` is None for a user's measurements."""
 
     y: Tensor
-    x: Tensor
+    x: Tensor | None
 
 
 def _fista_momentum(k: int) -> float:
@@ -139,6 +139,16 @@ class SparseCoding(Problem):
             yield SparseBatch(b.y.to(self.device), b.x.to(self.device))
         else:
             raise ValueError(f"sparse_coding: split must be train, val or test, got split={split!r}")
+
+    def observation_batch(self, y: Tensor) -> SparseBatch:
+        """Measurements ``y`` (B, m) of codes under this problem's A (``self.A``), with no true codes."""
+        if y.ndim != 2 or y.shape[1] != self.m:
+            raise ValueError(f"sparse_coding: y must have shape (B, m) = (B, {self.m}), got {tuple(y.shape)}")
+        return SparseBatch(y, None)
+
+    def degradation(self) -> str:
+        return (f"y = Ax + noise with this task's A ({self.m}x{self.n} Gaussian, unit-norm columns, seed {self.seed}), "
+                f"x sparse (density {self.sparsity:g}), noise {self.noise:g}")
 
     # the fixed-point problem ----------------------------------------------------------
 
