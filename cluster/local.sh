@@ -2,8 +2,9 @@
 # A real multi-node Ray cluster on this machine, for trying distributed jobs without a cloud:
 # one head node (no CPUs of its own) and N worker nodes, each its own `ray start --block` (its
 # own raylet, object store, worker processes and temp dir), with logical GPUs (`--num-gpus`; no
-# GPU needed). The dashboard and Ray Jobs API listen on 127.0.0.1 only, and token
-# authentication is on unless --no-auth. See cluster/README.md.
+# GPU needed). Every node listens on 127.0.0.1 only (GCS, raylets, workers, agents, metrics,
+# the dashboard and Ray Jobs API), and token authentication is on unless --no-auth (the token
+# file is made mode 0600). See cluster/README.md.
 #
 #   cluster/local.sh up [--workers N] [--gpus-per-worker G] [--cpus-per-worker C] [...]
 #   cluster/local.sh status
@@ -157,10 +158,33 @@ stop_all() {  # $1: "quiet" to print nothing (cleaning up after a failed `up`: s
     fi
 }
 
-# start `ray start --block ARGS...` in its own session, logging to $STATE/$1.log, pid in $1.pid
+# Every node listens on 127.0.0.1 only. Ray binds its GCS, raylet, worker processes, dashboard
+# agent and metrics export to 127.0.0.1 when the node's address is 127.0.0.1 (and to every
+# interface otherwise), but Ray 2.60 turns a 127.0.0.1 --node-ip-address or --address into the
+# machine's address (ray._private.services.resolve_ip_for_localhost) unless
+# RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, and with that variable `ray start --address` refuses to
+# start a worker node ("Multi-node Ray clusters are not supported on Windows and OSX"). So:
+#  - the head and the clients of this script run with that variable (the head's processes, Ray
+#    Jobs drivers among them, inherit it, so their ray.init("127.0.0.1:P") stays on loopback);
+#  - a worker node runs `ray start` through WORKER_START, which keeps 127.0.0.1 as given by
+#    replacing that one private function (Ray has no public option for it) and passes the
+#    variable on to the node's own processes.
+LOOPBACK=RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
+WORKER_START='import os, sys
+from ray._private import services
+services.resolve_ip_for_localhost = lambda host: host  # keep 127.0.0.1: see cluster/local.sh
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+from ray.scripts.scripts import main
+sys.argv[0] = "ray"
+sys.exit(main())'
+
+# start `ray start --block ARGS...` in its own session, logging to $STATE/$1.log, pid in $1.pid;
+# $2 is "head" (`ray start` with $LOOPBACK) or "worker" (WORKER_START)
 start_node() {
-    local name="$1"; shift
-    setsid bash -c 'echo $$ > "$0"; exec "$@"' "$STATE/$name.pid" ray start --block "$@" \
+    local name="$1" kind="$2"; shift 2
+    local cmd=(env "$LOOPBACK" ray start --block)
+    [[ "$kind" == worker ]] && cmd=("$PYTHON" -c "$WORKER_START" start --block)
+    setsid bash -c 'echo $$ > "$0"; exec "$@"' "$STATE/$name.pid" "${cmd[@]}" "$@" \
         > "$STATE/$name.log" 2>&1 < /dev/null &
     disown "$!" 2>/dev/null || true   # no "Killed" notices from this shell when `down` ends it
     local i
@@ -217,9 +241,20 @@ cmd_up() {
     done
 
     if [[ "$AUTH" == token ]]; then
+        # The token opens every node to whoever reads it: the file is for its owner only (0600;
+        # `ray get-auth-token --generate` alone writes it with the umask, world-readable by default).
         if [[ -z "${RAY_AUTH_TOKEN:-}" && -z "${RAY_AUTH_TOKEN_PATH:-}" && ! -s "$HOME/.ray/auth_token" ]]; then
-            ray get-auth-token --generate > /dev/null 2>&1 || die "could not generate a Ray token (ray get-auth-token --generate)"
-            echo "generated a Ray authentication token in ~/.ray/auth_token"
+            (umask 077 && ray get-auth-token --generate > /dev/null 2>&1) || die "could not generate a Ray token (ray get-auth-token --generate)"
+            chmod 600 "$HOME/.ray/auth_token"
+            echo "generated a Ray authentication token in ~/.ray/auth_token (mode 0600)"
+        fi
+        local token_file="${RAY_AUTH_TOKEN_PATH:-$HOME/.ray/auth_token}" mode
+        if [[ -z "${RAY_AUTH_TOKEN:-}" && -f "$token_file" && -O "$token_file" ]]; then
+            mode="$(stat -c %a "$token_file")"
+            if (( 8#$mode & 8#077 )); then
+                chmod go-rwx "$token_file"
+                echo "the Ray token $token_file was readable by others (mode $mode): now by its owner only"
+            fi
         fi
     fi
     # Set explicitly on every node: a worker node never turns token mode on by itself
@@ -235,15 +270,13 @@ cmd_up() {
     printf 'PORT=%s\nDASH_PORT=%s\nAUTH=%s\nWORKERS=%s\n' "$PORT" "$DASH_PORT" "$AUTH" "$WORKERS" > "$STATE/cluster.env"
 
     local address="127.0.0.1:$PORT" obj=$((OBJ_MB * 1024 * 1024)) deadline=$((SECONDS + TIMEOUT))
-    # Common to all nodes: random ports for the per-node agents and worker processes (several
-    # raylets share this host), a small object store each. (Ray turns --node-ip-address 127.0.0.1
-    # into the machine's address, so the nodes register with that; only the dashboard and the
-    # Ray Jobs API can be held to 127.0.0.1, the GCS and raylets listen on all interfaces: hence
-    # token authentication by default.)
-    local common=(--object-store-memory "$obj" --dashboard-agent-listen-port 0
+    # Common to all nodes: 127.0.0.1 as the node's address (so every Ray port of it listens on
+    # loopback only: see LOOPBACK above), random ports for the per-node agents and worker processes
+    # (several raylets share this host), a small object store each.
+    local common=(--node-ip-address 127.0.0.1 --object-store-memory "$obj" --dashboard-agent-listen-port 0
                   --min-worker-port 0 --max-worker-port 0 --disable-usage-stats)
 
-    start_node head --head --port "$PORT" --node-name local-head --num-cpus 0 --num-gpus 0 \
+    start_node head head --head --port "$PORT" --node-name local-head --num-cpus 0 --num-gpus 0 \
         --include-dashboard true --dashboard-host 127.0.0.1 --dashboard-port "$DASH_PORT" \
         --ray-client-server-port "$CLIENT_PORT" --temp-dir "$RAY_TMP" "${common[@]}"
     local head_pid
@@ -264,14 +297,14 @@ cmd_up() {
     # delete a job's working_dir while another node's processes still run in it.
     local i
     for i in $(seq "$WORKERS"); do
-        start_node "worker-$i" --address "$address" --node-name "local-worker-$i" \
+        start_node "worker-$i" worker --address "$address" --node-name "local-worker-$i" \
             --num-cpus "$CPUS" --num-gpus "$GPUS" --temp-dir "$RAY_TMP/w$i" "${common[@]}"
     done
 
     # Wait until every node is alive in the GCS (a driver asks ray.nodes()), watching the processes.
     local pids rc=0 out
     pids="$(running_pids | tr '\n' ' ')"
-    out="$("$PYTHON" - "$address" "$WORKERS" "$((deadline - SECONDS))" $pids <<'EOF' 2>> "$STATE/wait.log"
+    out="$(env "$LOOPBACK" "$PYTHON" - "$address" "$WORKERS" "$((deadline - SECONDS))" $pids <<'EOF' 2>> "$STATE/wait.log"
 import os, sys, time
 address, workers, timeout, pids = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), [int(p) for p in sys.argv[4:]]
 deadline = time.monotonic() + max(timeout, 1.0)
@@ -332,6 +365,8 @@ EOF
         echo "  token authentication is on: export RAY_AUTH_MODE=token in the shell that connects"
         echo "             (the token is ~/.ray/auth_token; the dashboard asks for it: ray get-auth-token)"
     fi
+    echo "  loopback:  every node listens on 127.0.0.1 only; Ray's own clients on this machine (ray.init,"
+    echo "             ray status) need export $LOOPBACK to reach it (hpo run does not)"
     echo "  logs:      $STATE/*.log      stop: cluster/local.sh down"
 }
 
@@ -345,7 +380,7 @@ cmd_status() {
     # shellcheck disable=SC1091
     [[ -r "$STATE/cluster.env" ]] && . "$STATE/cluster.env"
     echo "ray start processes: ${running% }; address 127.0.0.1:$PORT, dashboard http://127.0.0.1:$DASH_PORT"
-    RAY_AUTH_MODE="${RAY_AUTH_MODE:-$AUTH}" ray status --address "127.0.0.1:$PORT"
+    env "$LOOPBACK" RAY_AUTH_MODE="${RAY_AUTH_MODE:-$AUTH}" ray status --address "127.0.0.1:$PORT"
 }
 
 case "${1:-}" in
