@@ -12,12 +12,8 @@ import tempfile
 from pathlib import Path
 
 from hpo import __version__
-from hpo.errors import HPOError
+from hpo.errors import HPOError, UsageError
 from hpo.spec import DEFAULT_STORAGE, TOP_LEVEL
-
-
-class UsageError(Exception):
-    """A mistake in the command line or its inputs: printed as one line, exit code 2."""
 
 
 def _cmd_version(args: argparse.Namespace) -> int:
@@ -50,7 +46,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise UsageError(f"--threads must be a positive integer, got {args.threads}")
     import torch
 
-    from workers import BMOConfig, BMOError, make_problem, split_settings, train
+    from workers import TASKS, BMOConfig, BMOError, make_problem, split_settings, train
+    from workers.testing import interface_error
 
     torch.set_num_threads(args.threads)
     _find_modules_here()
@@ -60,6 +57,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         config = BMOConfig.from_dict(config_values)
     except ValueError as e:
         raise UsageError(str(e)) from None
+    if args.task not in TASKS:  # your own problem: the conformance checks first, so that a mistake is one line
+        error = interface_error(lambda: make_problem(args.task, task_args), config)
+        if error is not None:
+            raise UsageError(f"{args.task} fails the conformance check {error} (`hpo check {args.task}` runs every check)")
     if args.init_from:
         from workers import SolverFileError, load_weights
 
@@ -85,7 +86,35 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_check(args: argparse.Namespace) -> int:
+    """Run the conformance checks (``workers.testing``) on a task's Problem: one line per check."""
+    import dataclasses
+
+    import torch
+
+    from workers import make_problem, split_settings
+    from workers.testing import CONFIG, run_checks
+
+    torch.set_num_threads(1)
+    _find_modules_here()
+    config_values, task_args = split_settings(_parse_assignments(args.set))
+    try:
+        config = dataclasses.replace(CONFIG, **config_values)
+        make_problem(args.task, task_args)  # an unknown task or argument, or a value the task refuses
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    except Exception:  # noqa: BLE001 - a bug in the constructor: run_checks reports it as the check "build"
+        pass
+    results = run_checks(lambda: make_problem(args.task, task_args), config)
+    for name, error in results:
+        print(f"ok  {name}" if error is None else f"FAIL {name}: {error}")
+    return 1 if any(error is not None for _, error in results) else 0
+
+
 def _spec_overrides(args: argparse.Namespace) -> dict:
+    """The command line's changes to the spec, as dotted keys; prints each one that pins a searched parameter."""
+    from hpo.spec import apply_override, read_spec_data
+
     overrides = {}
     for key, value in _parse_assignments(args.set).items():
         overrides[key if "." in key or key in TOP_LEVEL else f"fixed.{key}"] = value
@@ -95,6 +124,10 @@ def _spec_overrides(args: argparse.Namespace) -> dict:
         overrides["storage"] = args.storage
     if args.study is not None:
         overrides["study"] = args.study
+    data = read_spec_data(args.spec)
+    for key, value in overrides.items():
+        if isinstance(data, dict) and apply_override(data, key, value):
+            print(f"pinned {key.split('.', 1)[1]}={value} (taken out of the search space)", flush=True)
     return overrides
 
 
@@ -139,7 +172,7 @@ def _cmd_jobs(args: argparse.Namespace) -> int:
 
     if args.action == "list":
         rows = jobs.list_jobs(args.address)
-        print(format_table(rows, ["job", "status", "study", "start_time", "entrypoint"]) if rows else "no jobs")
+        print(format_table(rows, ["job", "status", "study", "started", "entrypoint"]) if rows else "no jobs")
         return 0
     if not args.job_id:
         raise UsageError(f"hpo jobs {args.action} needs a job id")
@@ -357,6 +390,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init-from", metavar="FILE", help="start ω from this solver file (from `hpo model`): fine-tuning")
     p.set_defaults(func=_cmd_train)
 
+    p = sub.add_parser("check", help="run the conformance checks on a task's Problem (yours: module:Class)")
+    p.add_argument("task", help="registry name or module:Class of your own Problem (found in the current directory)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a task argument, or a BMOConfig field of the solver checks (default K=4, mu=0.1); repeatable")
+    p.set_defaults(func=_cmd_check)
+
     p = sub.add_parser("run", help="run (or --resume) a tuning job from a YAML spec")
     p.add_argument("spec", help="job spec (YAML), e.g. search_spaces/quickstart.yaml")
     p.add_argument("--trials", type=int, help="total trials in the study (overrides the spec)")
@@ -444,7 +483,7 @@ def main(argv: list[str] | None = None) -> int:
         code = args.func(args)
         sys.stdout.flush()  # here, where a closed pipe can still be caught
         return code
-    except (UsageError, HPOError) as e:
+    except HPOError as e:  # every user error (UsageError, SpecError, ...): one line, exit code 2
         print(f"hpo: error: {e}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # the reader left early (`hpo best --json | head -1`): not worth a traceback

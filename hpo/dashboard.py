@@ -118,6 +118,8 @@ def make_server(app, host: str, port: int, quiet: bool = False):
 def serve(storage_url: str, host: str = "127.0.0.1", port: int = 8080, allow_remote: bool = False,
           artifact_dir: str | Path | None = None, quiet: bool = False) -> None:
     """Serve the dashboard until Ctrl-C; prints its URL once it listens. ``quiet`` drops request logs."""
+    if not 0 <= port <= 65535:
+        raise DashboardError(f"port must be in 0..65535 (0 picks a free one), got {port}")
     check_host(host, allow_remote)
     artifact_dir = Path(artifact_dir) if artifact_dir is not None else storage_artifact_dir(storage_url)
     app = make_app(storage_url, artifact_dir)

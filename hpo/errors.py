@@ -5,6 +5,10 @@ class HPOError(Exception):
     """A user-facing error: bad spec, unreachable storage, missing study, impossible resources."""
 
 
+class UsageError(HPOError):
+    """A mistake in the command line or its inputs (a flag's value, a missing file, a task that is not one)."""
+
+
 class SpecError(HPOError):
     """The job spec is malformed or invalid; the message names the field and the value."""
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import tempfile
 import time
 from dataclasses import replace
@@ -27,6 +28,9 @@ HEAD_STORAGE = "sqlite:///$HOME/hpo-results/studies.db"  # expanded by the job's
 HEAD_RESULTS_DIR = "$HOME/hpo-results/ray"
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 AGENT_WAIT_S = 60.0  # how long a submission waits for a just-started cluster's job agent
+# cluster/local.sh's wait for its nodes: `$PYTHON - 127.0.0.1:PORT WORKERS SECONDS PID...` (Ray records a
+# driver's command line as its entrypoint)
+LOCAL_SH_DRIVER = re.compile(r"\S*python[\w.]*\s+-\s+\S+:\d+\s+\d+\s+-?\d+(\s+\d+)*")
 
 
 def default_address() -> str:
@@ -116,18 +120,36 @@ def _known(jobs, job_id: str):
         raise ClusterError(f"job {job_id!r}: {str(e).strip().splitlines()[0]}") from None
 
 
+def _value(enum) -> str:
+    return str(enum.value if hasattr(enum, "value") else enum)
+
+
+def is_local_sh_driver(job) -> bool:
+    """Whether a job is cluster/local.sh's own: the driver (``python - ADDRESS WORKERS SECONDS PIDS...``)
+    with which ``up`` waits for the nodes to join."""
+    return _value(job.type) == "DRIVER" and not job.submission_id and bool(LOCAL_SH_DRIVER.fullmatch(job.entrypoint or ""))
+
+
+def local_time(ms: int | None) -> str | None:
+    """A Unix time in milliseconds (as Ray gives it) as local time, "2026-11-30 10:12:03"."""
+    return None if ms is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ms / 1000))
+
+
+def job_rows(jobs) -> list[dict]:
+    """Rows of ``hpo jobs list`` from Ray's ``JobDetails``: id, status, study (ours), start time (local),
+    entrypoint; without cluster/local.sh's own driver."""
+    return [{
+        "job": j.submission_id or j.job_id,
+        "status": _value(j.status),
+        "study": (j.metadata or {}).get("study"),
+        "started": local_time(j.start_time),
+        "entrypoint": j.entrypoint,
+    } for j in jobs if not is_local_sh_driver(j)]
+
+
 def list_jobs(address: str) -> list[dict]:
-    """Every job on the cluster: id, status, study (ours), start time, entrypoint."""
-    rows = []
-    for j in client(address).list_jobs():
-        rows.append({
-            "job": j.submission_id or j.job_id,
-            "status": str(j.status.value if hasattr(j.status, "value") else j.status),
-            "study": (j.metadata or {}).get("study"),
-            "start_time": j.start_time,
-            "entrypoint": j.entrypoint,
-        })
-    return rows
+    """Every job on the cluster (``job_rows``)."""
+    return job_rows(client(address).list_jobs())
 
 
 def status(address: str, job_id: str) -> dict:

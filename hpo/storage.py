@@ -19,6 +19,21 @@ def sqlite_path(url: str) -> Path | None:
     return None if path in ("", ":memory:") else Path(path)
 
 
+def four_slashes_hint(path: Path) -> str:
+    """For a relative SQLite path that was likely meant absolute (``sqlite:///tmp/x.db``: no ./tmp, but a
+    /tmp), "; did you mean sqlite:////tmp/x.db ...?"; else ""."""
+    top = path.parts[0] if len(path.parts) > 1 and not path.is_absolute() else None
+    if top is None or Path(top).exists() or not (Path("/") / top).is_dir():
+        return ""
+    return f"; did you mean sqlite:////{path.as_posix()} (an absolute path needs four slashes)?"
+
+
+def default_results_dir(storage_url: str) -> str:
+    """Where Tune's trial directories go by default: ``ray/`` beside a SQLite file, else hpo-results/ray."""
+    path = sqlite_path(storage_url)
+    return str((path.parent if path is not None else Path("hpo-results")) / "ray")
+
+
 def check_storage(url: str, *, create_dirs: bool = False) -> None:
     """Raise ``StorageError`` unless the storage can be reached; writes nothing (but ``create_dirs``)."""
     path = sqlite_path(url)
@@ -27,7 +42,7 @@ def check_storage(url: str, *, create_dirs: bool = False) -> None:
         if not parent.exists() and create_dirs:
             parent.mkdir(parents=True, exist_ok=True)
         if not parent.is_dir():
-            raise StorageError(f"storage {url!r}: directory {str(parent)!r} does not exist")
+            raise StorageError(f"storage {url!r}: directory {str(parent)!r} does not exist{four_slashes_hint(path)}")
         if not os.access(parent if not path.exists() else path, os.W_OK):
             raise StorageError(f"storage {url!r}: {str(path)!r} is not writable")
         return

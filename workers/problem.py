@@ -3,16 +3,23 @@
 A problem is a ``torch.nn.Module``; its parameters are the hyper-training
 variables ω that BMO's outer loop learns. Write your own in one file::
 
+    from dataclasses import dataclass
+
     import torch
     from workers import Problem
 
-    class Denoise(Problem):
-        nonexpansive = True                      # T is 1-Lipschitz in u (checked by tests)
+    @dataclass
+    class Batch:
+        y: torch.Tensor                          # noisy observations (B, n)
+        x: torch.Tensor                          # ground truth (B, n)
 
-        def __init__(self, n=32, seed=0):
+    class Denoise(Problem):
+        nonexpansive = True                      # T is 1-Lipschitz in u (checked by `hpo check`)
+
+        def __init__(self, n=32, batch_size=16, noise=0.1, seed=0):
             super().__init__()
             self.log_step = torch.nn.Parameter(torch.tensor(-1.0))   # ω
-            self.n, self.seed = n, seed
+            self.n, self.batch_size, self.noise, self.seed = n, batch_size, noise, seed
 
         def init(self, batch):                   # u⁰
             return torch.zeros_like(batch.y)
@@ -27,8 +34,16 @@ variables ω that BMO's outer loop learns. Write your own in one file::
         def metrics(self, u, batch):
             return {"mse": float(((u - batch.x) ** 2).mean())}
 
-        def batches(self, split):                # "train": endless; "val"/"test": finite
-            ...
+        def batches(self, split):                # "train": endless; "val"/"test": finite, the same every time
+            g = torch.Generator().manual_seed(3 * self.seed + ("train", "val", "test").index(split))
+            while True:
+                x = torch.randn(self.batch_size, self.n, generator=g)
+                y = x + self.noise * torch.randn(x.shape, generator=g)
+                yield Batch(y.to(self.device), x.to(self.device))
+                if split != "train":             # one fixed batch for val and for test
+                    return
+
+Check it with ``hpo check my_module:Denoise`` (or ``workers.testing``'s suite in your tests).
 
 Conventions:
 

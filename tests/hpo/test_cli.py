@@ -13,11 +13,12 @@ from tests.hpo.conftest import USER_PROBLEM, write_spec
 
 
 def test_set_keeps_every_top_level_field_and_sends_bare_config_fields_to_fixed(tmp_path):
-    args = argparse.Namespace(set=["artifacts=false", "max_retries=1", "keep_models=best", "K=8", "task_args.m=20"],
+    path = write_spec(tmp_path)
+    args = argparse.Namespace(spec=str(path), set=["artifacts=false", "max_retries=1", "keep_models=best", "K=8", "task_args.m=20"],
                               trials=None, storage=None, study=None)
     overrides = _spec_overrides(args)
     assert overrides == {"artifacts": False, "max_retries": 1, "keep_models": "best", "fixed.K": 8, "task_args.m": 20}
-    spec = load_spec(write_spec(tmp_path), overrides)
+    spec = load_spec(path, overrides)
     assert spec.artifacts is False and spec.max_retries == 1 and spec.fixed["K"] == 8
 
 

@@ -37,6 +37,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import ray
 import torch
 from workers import Problem
 
@@ -59,8 +60,8 @@ class Gather(Problem):
         self.data = B(torch.randn(8, 4, generator=g), torch.randn(8, 4, generator=g))
 
     def start_training(self):
-        if self.training or not self.log.name:
-            return
+        if self.training or not self.log.name or not ray.is_initialized():
+            return  # the driver's checks of a user's problem draw train batches too, before it joins Ray
         self.training = True
         if self.crash:
             with open(self.log / "started.txt", "a") as f:  # a line each time a worker starts training
