@@ -25,7 +25,7 @@ from optuna.trial import TrialState
 from ray.tune import Callback, Stopper
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
-from hpo.errors import SpecError
+from hpo.errors import SpecError, StorageError
 from hpo.lease import Lease
 from hpo.progress import Progress
 from hpo.ray_cluster import check_resources, check_results_dir, connect_ray
@@ -34,6 +34,7 @@ from hpo.search import StudySearch, lost_reason
 from hpo.space import define_by_run, make_sampler
 from hpo.spec import DEFAULT_STORAGE, JobSpec, check_against_task
 from hpo.storage import check_storage, open_artifact_store, open_storage
+from hpo.writer import StorageWriter
 from workers import protocol as P
 
 
@@ -56,6 +57,9 @@ class TrialWatch(Callback):
 
     def __init__(self, search: StudySearch, progress: Progress, max_retries: int):
         self.search, self.progress, self.max_retries = search, progress, max_retries
+
+    def __getstate__(self) -> dict:
+        return {}  # pickled by Tune with the experiment, never used from there (see StudySearch.__getstate__)
 
     def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
         self.search.tune_trials[trial.trial_id] = trial  # for the reason when its worker is lost for good
@@ -93,14 +97,17 @@ class PruneTrackingASHA(ASHAScheduler):
 class Interrupt(Stopper):
     """Ends the experiment after a Ctrl-C (SIGINT): Tune stops the trials, the searcher leaves them open."""
 
-    def __init__(self, search: StudySearch, out: Callable[[str], None]):
-        self.search, self.out = search, out
+    def __init__(self, search: StudySearch, writer: StorageWriter, out: Callable[[str], None]):
+        self.search, self.writer, self.out = search, writer, out
 
     def __call__(self, trial_id: str, result: dict) -> bool:
         return False
 
+    def __getstate__(self) -> dict:
+        return {}  # pickled by Tune with the experiment, never used from there (see StudySearch.__getstate__)
+
     def stop_all(self) -> bool:
-        return self.search.interrupted
+        return self.search.interrupted or self.writer.failed is not None
 
     def handle(self, signum, frame) -> None:
         if self.search.interrupted:
@@ -203,15 +210,16 @@ def _run(spec: JobSpec, storage, resume: bool, take: Callable[[optuna.Study], No
     existing = finished + len(continuing)
     seed = None if spec.sampler.seed is None else spec.sampler.seed + existing  # fresh draws after a resume
     study = optuna.create_study(storage=storage, study_name=spec.study, directions=directions,
-                                sampler=make_sampler(spec.sampler.name, seed), load_if_exists=True)
+                                sampler=make_sampler(spec.sampler.name, seed, spec.sampler.n_startup_trials), load_if_exists=True)
     if SPEC_ATTR not in study.user_attrs:
         study.set_user_attr(SPEC_ATTR, spec_fingerprint(spec))
         take(study)
 
     progress = Progress(spec, spec.trials, out)
     progress.counts.update(counts)  # resumed: count what is already there
+    writer = StorageWriter(spec.storage, spec.storage_retry_window, out)
     search = StudySearch(spec=spec, study=study, storage=storage, define_by_run=define_by_run(spec), new_trials=new,
-                         continuing=continuing, artifacts=open_artifact_store(spec.storage), out=out,
+                         continuing=continuing, artifacts=open_artifact_store(spec.storage), writer=writer, out=out,
                          on_finished=progress.finished)
     scheduler = FIFOScheduler()
     if spec.scheduler.name == "asha":
@@ -226,12 +234,15 @@ def _run(spec: JobSpec, storage, resume: bool, take: Callable[[optuna.Study], No
         )
     again = f", continuing {len(continuing)}" if continuing else ""
     out(f"study {spec.study!r} in {spec.storage}: running {new} new trials{again}, {spec.concurrency} at a time")
-    interrupt = Interrupt(search, out)
+    interrupt = Interrupt(search, writer, out)
     try:
         _fit(spec, search, scheduler, TrialWatch(search, progress, spec.max_retries), interrupt, new + len(continuing))
     finally:
-        if not search.interrupted:
+        if not search.interrupted and writer.failed is None:
             search.finish_open_trials()
+        writer.drain()
+    if writer.failed is not None:  # the trials it could not record stay RUNNING, resumable
+        raise StorageError(f"{writer.failed}; the job stopped, and `hpo run SPEC --resume` continues it")
     result.interrupted = search.interrupted
     return summarize(spec, storage, result)
 

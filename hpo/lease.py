@@ -19,6 +19,7 @@ from collections.abc import Callable
 import optuna
 
 from hpo.errors import StorageError
+from hpo.writer import is_outage
 
 LEASE_ATTR = "bmo_hpo_driver_lease"
 
@@ -56,9 +57,10 @@ class Lease:
         while not self._stop.wait(self.seconds / 3):
             try:
                 self.study.set_user_attr(LEASE_ATTR, self._record(time.time() + self.seconds))
-            except Exception as e:  # noqa: BLE001 - a storage outage: the next renewal tries again
-                self.out(f"warning: could not renew the driver's lease on study {self.study.study_name!r}: "
-                         f"{str(e).splitlines()[0] if str(e) else type(e).__name__}")
+            except Exception as e:  # noqa: BLE001 - the next renewal tries again
+                if not is_outage(e):  # an outage is reported once, by the storage writer
+                    self.out(f"warning: could not renew the driver's lease on study {self.study.study_name!r}: "
+                             f"{str(e).splitlines()[0] if str(e) else type(e).__name__}")
 
     def release(self) -> None:
         """Stop renewing and give the lease back (a later driver takes the study at once)."""

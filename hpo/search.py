@@ -8,8 +8,11 @@ new Tune trial after ``--resume`` (``continuing``).
 What it records in the storage (the driver is the only writer):
 
 - trial states: a trial the scheduler stopped is PRUNED (not COMPLETE with its low-budget value);
-  a diverged or broken trial is FAIL with the reason in ``fail_reason``; a trial the driver was
-  interrupted in stays RUNNING, resumable;
+  a trial that diverged in training is PRUNED with the constraint ``diverged`` = 1 (infeasible: the
+  samplers learn from it, which they never do from FAIL) and ``fail_reason``; a broken trial, or one
+  whose last step has no usable value (not finite, or a fixed-point residual past
+  ``protocol.DIVERGED_RESIDUAL``), is FAIL with ``fail_reason``; a trial the driver was interrupted
+  in stays RUNNING, resumable;
 - an intermediate value at every validation the trial reports (once per step, across restarts);
 - user attributes: final fixed-point residual, wall time, device, node, refined values, test
   metrics, the Ray trial id, the latest checkpoint's location;
@@ -23,16 +26,25 @@ import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 from ray.tune.search import Searcher
 
 from hpo.spec import JobSpec
+from hpo.writer import StorageWriter, is_outage
 from workers import protocol as P
 
 CHECKPOINT_ATTR = "checkpoint"  # user attribute: {"uri", "step"} of the trial's latest checkpoint
 MIMETYPES = {".png": "image/png", ".json": "application/json", ".pt": "application/octet-stream"}
+
+
+class _Ended(NamedTuple):
+    """What the driver still needs of a trial once Tune is done with it."""
+
+    seconds: float  # wall time since it was handed to Tune
+    retry_reasons: list[str]
 
 
 class StudySearch(Searcher):
@@ -48,6 +60,7 @@ class StudySearch(Searcher):
         new_trials: int,
         continuing: list[FrozenTrial],
         artifacts,
+        writer: StorageWriter,
         out: Callable[[str], None],
         on_finished: Callable[[int, TrialState, list[float] | None, str], None],
     ):
@@ -58,12 +71,12 @@ class StudySearch(Searcher):
         self._keys = metric
         self._new_left = new_trials
         self._continuing = deque(continuing)
-        self._artifacts, self._out, self._on_finished = artifacts, out, on_finished
+        self._artifacts, self._writer, self._out, self._on_finished = artifacts, writer, out, on_finished
         self._trials: dict[str, optuna.Trial] = {}  # Tune trial id -> Optuna trial
         self._reported: dict[str, set[int]] = {}
         self._last: dict[str, dict] = {}
         self._started: dict[str, float] = {}
-        self._checkpoints: dict[str, object] = {}  # Tune trial id -> its latest ray.tune.Checkpoint
+        self._checkpoints: dict[str, tuple] = {}  # Tune trial id -> (its latest ray.tune.Checkpoint, its step)
         self.tune_trials: dict[str, object] = {}  # Tune trial id -> Tune's Trial (its error file), from the driver
         self._done: set[str] = set()
         self.stopped_by_scheduler: set[str] = set()
@@ -74,33 +87,46 @@ class StudySearch(Searcher):
     # --- Tune's side ---------------------------------------------------------------------
 
     def suggest(self, trial_id: str) -> dict | None:
-        if self.interrupted:
+        if self.interrupted or self._writer.failed:
             return Searcher.FINISHED
+        if not (self._continuing or self._new_left > 0):
+            return Searcher.FINISHED
+        if not self._continuing and not self._writer.drain(timeout=2.0):
+            return None  # the sampler must see what finished trials told; the storage is behind (an outage)
+        try:  # asking needs the storage; in an outage no new trial starts (Tune asks again later)
+            trial, config, reported = self._next()
+        except Exception as e:
+            if is_outage(e):
+                return None
+            raise
+        self._trials[trial_id] = trial
+        self._reported[trial_id] = reported
+        self._started[trial_id] = time.monotonic()
+        self._writer.submit(lambda: trial.set_user_attr("ray_trial_id", trial_id))
+        return config
+
+    def _next(self) -> tuple[optuna.Trial, dict, set[int]]:
+        """The next trial to run: an interrupted one to continue, else a new one from ``study.ask``."""
         if self._continuing:
-            frozen = self._continuing.popleft()
+            frozen = self._continuing[0]
             trial = self._trial(frozen.number)
+            self._continuing.popleft()
             config = {**frozen.params, P.OPTUNA_TRIAL: frozen.number}
             checkpoint = frozen.user_attrs.get(CHECKPOINT_ATTR)
             if checkpoint:
                 config[P.RESUME_FROM] = checkpoint["uri"]
-            self._reported[trial_id] = set(frozen.intermediate_values)
-        elif self._new_left > 0:
-            self._new_left -= 1
-            trial = self.study.ask()
-            self._define_by_run(trial)
-            config = {**trial.params, P.OPTUNA_TRIAL: trial.number}
-            self._reported[trial_id] = set()
-        else:
-            return Searcher.FINISHED
-        self._trials[trial_id] = trial
-        self._started[trial_id] = time.monotonic()
-        trial.set_user_attr("ray_trial_id", trial_id)
-        return config
+            return trial, config, set(frozen.intermediate_values)
+        trial = self.study.ask()
+        self._new_left -= 1
+        self._define_by_run(trial)
+        return trial, {**trial.params, P.OPTUNA_TRIAL: trial.number}, set()
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         self._last[trial_id] = result
-        if not P.failure(result):
-            self._report(trial_id, result)
+        item = None if P.failure(result) else self._intermediate(trial_id, result)
+        if item is not None:
+            trial, value, step = item
+            self._writer.submit(lambda: trial.report(value, step))
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id in self._done or trial_id not in self._trials:
@@ -112,10 +138,25 @@ class StudySearch(Searcher):
             trial = self.tune_trials.get(trial_id)
             reason = (f"its Ray worker was lost {retries + 1} time(s) (max_retries: {self.spec.max_retries}); "
                       f"last: {lost_reason(trial) if trial is not None else 'unknown'}")
-        if not reason and not P.is_final(last) and self.interrupted:
-            self._done.add(trial_id)  # stays RUNNING: `hpo run --resume` continues it from its checkpoint
-            return
-        self._finish(trial_id, last, reason)
+        self._done.add(trial_id)
+        # What the driver keeps per trial ends here (flat memory over thousands of trials)
+        ended = _Ended(time.monotonic() - self._started.pop(trial_id, time.monotonic()), self.retry_reasons.pop(trial_id, []))
+        self._last.pop(trial_id, None)
+        self.tune_trials.pop(trial_id, None)
+        if not reason and not P.is_final(last) and (self.interrupted or self._writer.failed):
+            self._trials.pop(trial_id, None)
+            self._checkpoints.pop(trial_id, None)
+            self._done.discard(trial_id)
+            return  # stays RUNNING: `hpo run --resume` continues it from its checkpoint
+        self._writer.submit(lambda: self._finish(trial_id, last, reason, ended))
+
+    def __getstate__(self) -> dict:
+        # Tune pickles its search algorithm into the experiment directory (for Tuner.restore, which bmo-hpo
+        # does not use: it resumes from the storage); threads, storages and callbacks do not pickle
+        return {"spec": self.spec}
+
+    def __setstate__(self, state: dict) -> None:
+        self.spec = state["spec"]
 
     def save(self, checkpoint_path: str) -> None:
         # Resume reads the Optuna storage, the single source of truth; Tune's searcher state is not used.
@@ -128,10 +169,22 @@ class StudySearch(Searcher):
 
     def checkpointed(self, trial_id: str, checkpoint, step: int) -> None:
         """Remember ``checkpoint`` (of outer step ``step``) as the trial's latest and record where it is."""
-        self._checkpoints[trial_id] = checkpoint
         trial = self._trials.get(trial_id)
-        if trial is not None:
-            trial.set_user_attr(CHECKPOINT_ATTR, {"uri": checkpoint_uri(checkpoint, self.spec.results_dir), "step": step})
+        if trial is None:
+            return
+        self._checkpoints[trial_id] = (checkpoint, step)
+        where = {"uri": checkpoint_uri(checkpoint, self.spec.results_dir), "step": step}
+        self._writer.submit(lambda: trial.set_user_attr(CHECKPOINT_ATTR, where))
+
+    def _final_checkpoint(self, trial_id: str, step: int | None, wait_s: float = 30.0):
+        """The trial's checkpoint of outer step ``step`` (its last). Tune may tell the searcher that a trial
+        ended before its callbacks see the last checkpoint, so this waits for it (on the writer's thread)."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            checkpoint, at = self._checkpoints.get(trial_id, (None, None))
+            if at == step or time.monotonic() > deadline:
+                return checkpoint if at == step else None
+            time.sleep(0.05)
 
     def number(self, trial_id: str) -> int | None:
         """The Optuna trial number of Tune trial ``trial_id`` (None before it is suggested)."""
@@ -146,6 +199,7 @@ class StudySearch(Searcher):
         """Close the trials Tune stopped without telling the searcher (a time budget): PRUNED."""
         for trial_id in self.open_trials():
             self.on_trial_complete(trial_id, self._last.get(trial_id))
+        self._writer.drain()
 
     # --- Optuna's side -------------------------------------------------------------------
 
@@ -153,19 +207,28 @@ class StudySearch(Searcher):
         study_id = self._storage.get_study_id_from_name(self.study.study_name)
         return optuna.Trial(self.study, self._storage.get_trial_id_from_study_id_trial_number(study_id, number))
 
-    def _report(self, trial_id: str, result: dict) -> None:
+    def _intermediate(self, trial_id: str, result: dict) -> tuple[optuna.Trial, float, int] | None:
+        """(trial, value, step) of the intermediate value ``result`` holds, once per step; None if none."""
         if self.spec.multi_objective or result.get(P.VAL_STEP) != result.get(P.OUTER_STEP):
-            return  # Optuna keeps intermediate values for one objective; report validations only
+            return None  # Optuna keeps intermediate values for one objective; report validations only
         value, step = result.get(self._keys[0]), int(result[P.OUTER_STEP])
         done = self._reported.setdefault(trial_id, set())
-        if value is not None and math.isfinite(value) and step not in done:
-            self._trials[trial_id].report(float(value), step)
-            done.add(step)
+        if value is None or not math.isfinite(value) or step in done:
+            return None
+        done.add(step)
+        return self._trials[trial_id], float(value), step
 
-    def _finish(self, trial_id: str, last: dict, reason: str | None) -> None:
+    def _finish(self, trial_id: str, last: dict, reason: str | None, ended: _Ended) -> None:
+        """Record a finished trial: state, last value, attributes, artifacts (on the writer's thread)."""
         trial = self._trials[trial_id]
         values, note = None, ""
-        if reason:
+        if last.get(P.DIVERGED):
+            # Optuna's samplers skip FAIL trials; TPE, GP and NSGA-II read the constraints of PRUNED ones, so a
+            # diverged trial is PRUNED and infeasible: the sampler learns to avoid where it diverged
+            state, note = TrialState.PRUNED, reason
+            trial.set_user_attr("fail_reason", reason)
+            trial.set_constraint("diverged", 1.0)
+        elif reason:
             state, note = TrialState.FAIL, reason
             trial.set_user_attr("fail_reason", reason)
         elif P.is_final(last):
@@ -176,19 +239,25 @@ class StudySearch(Searcher):
             by = "scheduler" if trial_id in self.stopped_by_scheduler else "driver"
             note = "stopped by the scheduler" if by == "scheduler" else "stopped by the driver (time budget)"
             trial.set_user_attr("stopped_by", by)
-        if state != TrialState.FAIL and last:
-            self._report(trial_id, last)  # Tune may pass the last result to on_trial_complete only
-        self._record_attrs(trial, trial_id, last)
-        if state == TrialState.COMPLETE:
-            self._store_artifacts(trial, trial_id, values)
-        self.study.tell(trial, values if values is None or len(values) > 1 else values[0], state=state)
-        self._done.add(trial_id)
+        item = self._intermediate(trial_id, last) if not reason and last else None
+        if item is not None:  # Tune may pass the last result to on_trial_complete only
+            trial.report(item[1], item[2])
+        self._record_attrs(trial, last, ended)
+        checkpoint = self._final_checkpoint(trial_id, last.get(P.OUTER_STEP)) if state == TrialState.COMPLETE else None
+        if checkpoint is not None:
+            self._store_artifacts(trial, checkpoint, values)
+        # skip_if_finished: told already by an attempt whose answer an outage lost; never twice
+        self.study.tell(trial, values if values is None or len(values) > 1 else values[0], state=state, skip_if_finished=True)
         self._on_finished(trial.number, state, values, note)
+        self._trials.pop(trial_id, None)
+        self._reported.pop(trial_id, None)
+        self._checkpoints.pop(trial_id, None)
+        self._done.discard(trial_id)
 
-    def _record_attrs(self, trial: optuna.Trial, trial_id: str, last: dict) -> None:
+    def _record_attrs(self, trial: optuna.Trial, last: dict, ended: _Ended) -> None:
         # Each attribute is one storage commit: record what a user needs, nothing Optuna already keeps.
         attrs = {
-            "wall_time_s": round(time.monotonic() - self._started.get(trial_id, time.monotonic()), 3),
+            "wall_time_s": round(ended.seconds, 3),
             "device": last.get(P.DEVICE),
             "node": last.get(P.NODE),
             "ray_node": last.get(P.RAY_NODE),
@@ -198,8 +267,8 @@ class StudySearch(Searcher):
             "traceback": last.get(P.TRIAL_TRACEBACK),
             "resumed_from": last.get("resumed_from") or None,
             "checkpoint_error": last.get("checkpoint_error"),
-            "retries": len(self.retry_reasons.get(trial_id, ())) or None,
-            "retry_reasons": self.retry_reasons.get(trial_id),
+            "retries": len(ended.retry_reasons) or None,
+            "retry_reasons": ended.retry_reasons or None,
         }
         attrs.update({k: v for k, v in last.items() if k.startswith((P.REFINED_PREFIX, P.TEST_PREFIX))})
         for key, value in attrs.items():
@@ -230,13 +299,10 @@ class StudySearch(Searcher):
             self._trial(old).set_user_attr("model_dropped", "keep_models: best (a better trial took its place)")
         return True
 
-    def _store_artifacts(self, trial: optuna.Trial, trial_id: str, values: list[float] | None) -> None:
+    def _store_artifacts(self, trial: optuna.Trial, checkpoint, values: list[float] | None) -> None:
         """Upload the solver and figures of the trial's last checkpoint to the artifact store."""
         from optuna.artifacts import upload_artifact
 
-        checkpoint = self._checkpoints.get(trial_id)
-        if checkpoint is None:
-            return
         keep_model = self._keeps_model(trial.number, values)
         with checkpoint.as_directory() as directory:
             for path in sorted(Path(directory).iterdir()):

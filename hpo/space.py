@@ -44,18 +44,19 @@ def define_by_run(spec: JobSpec) -> Callable[[optuna.Trial], None]:
     return suggest
 
 
-def make_sampler(name: str, seed: int | None) -> optuna.samplers.BaseSampler:
-    """The Optuna sampler for a spec's ``sampler.name``."""
+def make_sampler(name: str, seed: int | None, n_startup_trials: int | None = None) -> optuna.samplers.BaseSampler:
+    """The Optuna sampler for a spec's ``sampler`` section (``n_startup_trials``: None keeps Optuna's default)."""
+    startup = {} if n_startup_trials is None else {"n_startup_trials": n_startup_trials}
     if name == "tpe":
         with warnings.catch_warnings():  # multivariate/group are "experimental" in Optuna, stable in practice
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True)
+            return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, **startup)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "gp":
-        return optuna.samplers.GPSampler(seed=seed)
+        return optuna.samplers.GPSampler(seed=seed, **startup)
     if name == "cmaes":
-        return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
+        return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False, **startup)
     if name == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed)
     raise ValueError(f"unknown sampler {name!r}")

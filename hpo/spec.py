@@ -19,6 +19,7 @@ import yaml
 from hpo.errors import SpecError
 
 SAMPLERS = ("tpe", "random", "gp", "cmaes", "nsga2")
+STARTUP_SAMPLERS = ("tpe", "gp", "cmaes")  # samplers that start with random trials
 SCHEDULERS = ("asha", "none")
 PARAM_TYPES = ("float", "int", "categorical")
 MODES = ("min", "max")
@@ -29,7 +30,7 @@ TASK_PREFIX = "task."  # a space key "task.seed" names the task argument, not BM
 TOP_LEVEL = (
     "study", "task", "task_args", "fixed", "space", "objective", "sampler", "scheduler",
     "trials", "concurrency", "resources", "time_budget", "storage", "results_dir", "artifacts", "max_retries",
-    "checkpoint_every", "keep_models", "init_from", "driver_lease",
+    "checkpoint_every", "keep_models", "init_from", "driver_lease", "storage_retry_window",
 )
 KEEP_MODELS = ("all", "best", "none")
 
@@ -65,6 +66,7 @@ class Objective:
 class Sampler:
     name: str = "tpe"
     seed: int | None = 0
+    n_startup_trials: int | None = None  # random trials before the model-based ones (tpe, gp, cmaes); None: Optuna's default
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,7 @@ class JobSpec:
     keep_models: str = "all"  # which finished trials keep their trained solver as an artifact: all, best, none
     init_from: str | dict | None = None  # a solver file, or {study, trial}, whose ω every trial starts from
     driver_lease: float = 30.0  # seconds a dead driver's study stays locked against another driver
+    storage_retry_window: float = 300.0  # seconds writes to an unreachable storage are retried before the job stops
 
     @property
     def multi_objective(self) -> bool:
@@ -291,11 +294,17 @@ def parse_spec(data: Any, *, source: str = "spec") -> JobSpec:
     if overlap:
         raise _fail(f"fixed.{overlap[0]}", "is also in space; a key is either fixed or searched")
 
-    sampler_raw = _mapping("sampler", data.get("sampler"), ("name", "seed"))
+    sampler_raw = _mapping("sampler", data.get("sampler"), ("name", "seed", "n_startup_trials"))
     seed = sampler_raw.get("seed", 0)
     if seed is not None:
         _integer("sampler.seed", seed, minimum=0)
-    sampler = Sampler(_choice("sampler.name", sampler_raw.get("name", "tpe"), SAMPLERS), seed)
+    sampler_name = _choice("sampler.name", sampler_raw.get("name", "tpe"), SAMPLERS)
+    startup = sampler_raw.get("n_startup_trials")
+    if startup is not None:
+        _integer("sampler.n_startup_trials", startup, minimum=0)
+        if sampler_name not in STARTUP_SAMPLERS:
+            raise _fail("sampler.n_startup_trials", f"applies to {', '.join(STARTUP_SAMPLERS)}, not to {sampler_name!r}")
+    sampler = Sampler(sampler_name, seed, startup)
 
     sched_raw = data.get("scheduler", {"name": "asha"})
     sched_raw = _mapping("scheduler", sched_raw, ("name", "grace_period", "max_t", "reduction_factor"))
@@ -330,13 +339,15 @@ def parse_spec(data: Any, *, source: str = "spec") -> JobSpec:
     time_budget = data.get("time_budget")
     if time_budget is not None:
         time_budget = _number("time_budget", time_budget, positive=True)
-    results_dir = data.get("results_dir", DEFAULT_RESULTS_DIR)
+    from hpo.storage import default_results_dir  # here: hpo.storage imports optuna, and `hpo --help` stays fast
+    results_dir = data.get("results_dir", default_results_dir(str(data.get("storage", DEFAULT_STORAGE))))
     if not isinstance(results_dir, str) or not results_dir:
         raise _fail("results_dir", f"must be a path or URI, got {results_dir!r}")
     checkpoint_every = _integer("checkpoint_every", data.get("checkpoint_every", 0), minimum=0)
     keep_models = _choice("keep_models", data.get("keep_models", "all"), KEEP_MODELS)
     init_from = _init_from(data.get("init_from"))
     driver_lease = _number("driver_lease", data.get("driver_lease", 30.0), positive=True)
+    retry_window = _number("storage_retry_window", data.get("storage_retry_window", 300.0), nonnegative=True)
     artifacts = data.get("artifacts", True)
     if not isinstance(artifacts, bool):
         raise _fail("artifacts", f"must be true or false, got {artifacts!r}")
@@ -348,6 +359,7 @@ def parse_spec(data: Any, *, source: str = "spec") -> JobSpec:
         keep_models=keep_models,
         init_from=init_from,
         driver_lease=driver_lease,
+        storage_retry_window=retry_window,
         study=study.strip(),
         task=task,
         task_args=dict(_mapping("task_args", data.get("task_args"))),
@@ -389,8 +401,12 @@ def read_spec_data(path: str | Path, overrides: dict[str, Any] | None = None) ->
     return data
 
 
-def apply_override(data: dict, dotted: str, value) -> None:
-    """Set ``data[a][b] = value`` for ``dotted = "a.b"``, creating mappings on the way."""
+def apply_override(data: dict, dotted: str, value) -> bool:
+    """Set ``data[a][b] = value`` for ``dotted = "a.b"``, creating mappings on the way.
+
+    ``fixed.NAME`` or ``task_args.NAME`` of a searched parameter pins it: NAME leaves the space
+    (``task.NAME`` first, for a task argument), and the return value is True.
+    """
     keys = dotted.split(".")
     node = data
     for key in keys[:-1]:
@@ -400,6 +416,14 @@ def apply_override(data: dict, dotted: str, value) -> None:
             raise SpecError(f"--set {dotted}: {key!r} is not a mapping in the spec")
         node = node[key]
     node[keys[-1]] = value
+    space = data.get("space")
+    if len(keys) != 2 or keys[0] not in ("fixed", "task_args") or not isinstance(space, dict):
+        return False
+    for name in [keys[1]] if keys[0] == "fixed" else [TASK_PREFIX + keys[1], keys[1]]:
+        if name in space:
+            del space[name]
+            return True
+    return False
 
 
 def check_against_task(spec: JobSpec) -> list[str]:
@@ -407,12 +431,14 @@ def check_against_task(spec: JobSpec) -> list[str]:
 
     Space and fixed keys must be BMOConfig fields or task arguments; fixed values
     and each space range's ends must make a valid BMOConfig; the task must build
-    with ``task_args``; each objective must be a metric the task reports.
+    with ``task_args`` and, if it is a ``module:Class``, pass the conformance checks
+    (``workers.testing``); each objective must be a metric the task reports.
     """
     import dataclasses
 
-    from workers import BMOConfig, evaluate_solve, make_problem, resolve_task
+    from workers import TASKS, BMOConfig, evaluate_solve, make_problem, resolve_task
     from workers.tasks import task_parameters
+    from workers.testing import interface_error
 
     try:
         resolve_task(spec.task)
@@ -450,6 +476,10 @@ def check_against_task(spec: JobSpec) -> list[str]:
         problem = make_problem(spec.task, spec.task_args)
     except (ValueError, TypeError) as e:
         raise _fail("task_args", str(e)) from None
+    if spec.task not in TASKS:  # a user's own problem (the shipped tasks have their tests): the conformance checks
+        error = interface_error(lambda: make_problem(spec.task, spec.task_args), config)
+        if error is not None:
+            raise _fail("task", f"{spec.task} fails the conformance check {error} (`hpo check {spec.task}` runs every check)")
     batch = next(iter(problem.batches("val")))
     u, _ = evaluate_solve(problem, batch, config, K=1)
     metrics = sorted([*problem.metrics(u, batch), "fp_residual"])

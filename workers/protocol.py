@@ -17,8 +17,9 @@ RAY_NODE = "ray_node"  # Ray node id (12 characters)
 GPUS = "gpus"  # the GPU ids Ray gave the trial
 
 # --- a trial that ends without a usable value ----------------------------------------
-DIVERGED = "diverged"  # why the solve diverged
-TRIAL_ERROR = "trial_error"  # why the trial could not run (bad settings, a bug in the task)
+DIVERGED = "diverged"  # why the solve diverged during training (u, ω or the loss stopped being finite)
+TRIAL_ERROR = "trial_error"  # why the trial could not run or ended without a usable value
+DIVERGED_RESIDUAL = 1e3  # a final relative fixed-point residual above this is no solution
 TRIAL_TRACEBACK = "trial_traceback"
 
 # --- per-trial settings the driver adds to the searched parameters --------------------
@@ -40,3 +41,15 @@ def is_final(result: dict) -> bool:
 def failure(result: dict) -> str | None:
     """The reason a trial failed, when ``result`` says it did."""
     return result.get(DIVERGED) or result.get(TRIAL_ERROR)
+
+
+def unusable_final(result: dict, objectives: list[str]) -> str | None:
+    """Why a last step's ``result`` holds no meaningful objective value (None when it does)."""
+    residual = result.get("val_fp_residual")
+    for key in objectives:
+        value = result.get(key)
+        if not isinstance(value, (int, float)) or value != value or value in (float("inf"), float("-inf")):
+            return f"the final {key} is {value!r}, not a finite number"
+    if residual is not None and not residual <= DIVERGED_RESIDUAL:  # also catches NaN
+        return f"the final relative fixed-point residual is {residual:.3g} (above {DIVERGED_RESIDUAL:g}): the solve diverged"
+    return None

@@ -37,6 +37,10 @@ from workers.bmo import BMOConfig, DivergenceError, TrainState, evaluate, evalua
 from workers.tasks import make_problem, split_settings
 
 
+class _Unusable(Exception):
+    """The last step's objective or fixed-point residual is no usable value."""
+
+
 def _worst(objectives: list[tuple[str, str]]) -> dict[str, float]:
     return {key: (math.inf if mode == "min" else -math.inf) for key, mode in objectives}
 
@@ -125,6 +129,10 @@ def trainable(params: dict[str, Any], *, job: dict[str, Any]) -> None:
         last = step == config.outer_steps
         if not (validated or last or step in pending):
             return
+        if last:
+            unusable = P.unusable_final(metrics, [key for key, _ in objectives])
+            if unusable:
+                raise _Unusable(unusable)
         out = {**base, **metrics, P.OUTER_STEP: step, P.DEVICE: str(problem.device)}
         state = pending.pop(step, None)
         if state is None and not last:
@@ -164,5 +172,7 @@ def trainable(params: dict[str, Any], *, job: dict[str, Any]) -> None:
             report(start.step, {**start.val, P.VAL_STEP: start.val_step, "seconds": start.seconds})
     except DivergenceError as e:
         tune.report({**base, **_worst(objectives), P.OUTER_STEP: e.outer_step, P.DIVERGED: str(e)})
+    except _Unusable as e:
+        tune.report({**base, **_worst(objectives), P.OUTER_STEP: config.outer_steps, P.TRIAL_ERROR: str(e)})
     except Exception as e:  # a bug or a resource error in the task: reported, not raised (Tune would retry it)
         failed(f"{type(e).__name__}: {e}")

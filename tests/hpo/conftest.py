@@ -95,12 +95,12 @@ class B:
 
 
 class Shrink(Problem):
-    """T(u) = (1 - t) u + t y; diverges on purpose when explode=True."""
+    """T(u) = (1 - t) u + t y; diverges on purpose when explode=True or t0 > touchy."""
 
-    def __init__(self, explode: bool = False, t0: float = 0.5):
+    def __init__(self, explode: bool = False, t0: float = 0.5, touchy: float = 1.0):
         super().__init__()
         self.t = torch.nn.Parameter(torch.tensor(t0))
-        self.explode = explode
+        self.explode = explode or t0 > touchy
         g = torch.Generator().manual_seed(0)
         self.data = B(torch.randn(8, 4, generator=g), torch.randn(8, 4, generator=g))
 
@@ -124,3 +124,49 @@ class Shrink(Problem):
             if split != "train":
                 return
 '''
+
+
+class OwnPostgres:
+    """A PostgreSQL server of the test's own (initdb + pg_ctl as user postgres, on a free loopback port)."""
+
+    def __init__(self, directory: Path, port: int):
+        import glob
+
+        found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
+        if not found:
+            pytest.skip("no PostgreSQL server binaries (/usr/lib/postgresql/*/bin)")
+        self.bin = Path(found[-1]).parent
+        self.data, self.port = directory / "data", port
+        self.url = f"postgresql://postgres@127.0.0.1:{port}/bmo"
+        directory.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["chown", "-R", "postgres", str(directory)], check=True)
+        self._as_postgres(f"{self.bin}/initdb -D {self.data} -A trust -U postgres >/dev/null")
+        self.start()
+        self._as_postgres(f"{self.bin}/createdb -h 127.0.0.1 -p {port} -U postgres bmo")
+
+    def _as_postgres(self, command: str) -> None:
+        subprocess.run(["su", "postgres", "-s", "/bin/sh", "-c", command], check=True, timeout=120)
+
+    def start(self) -> None:
+        self._as_postgres(f"{self.bin}/pg_ctl -D {self.data} -w -l {self.data}/log "
+                          f"-o '-p {self.port} -k /tmp -c listen_addresses=127.0.0.1' start >/dev/null")
+
+    def stop(self) -> None:
+        """Stop at once, as a crash would (connections cut, no checkpoint)."""
+        self._as_postgres(f"{self.bin}/pg_ctl -D {self.data} -w -m immediate stop >/dev/null")
+
+
+@pytest.fixture
+def own_postgres():
+    """A PostgreSQL server this test starts and stops itself (never the machine's shared one)."""
+    import shutil
+    import tempfile
+
+    from tests.hpo.clusters import free_port
+
+    directory = Path(tempfile.mkdtemp(prefix="bmo-pg-", dir="/tmp"))  # pytest's tmp_path is root's only
+    server = OwnPostgres(directory, free_port())
+    yield server
+    subprocess.run(["su", "postgres", "-s", "/bin/sh", "-c", f"{server.bin}/pg_ctl -D {server.data} -m immediate stop"],
+                   capture_output=True)
+    shutil.rmtree(directory, ignore_errors=True)

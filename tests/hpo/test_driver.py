@@ -70,11 +70,11 @@ def test_user_problem_from_a_file_outside_the_package_and_failed_trials(tmp_path
     proc = run_cli("run", str(spec_path), "--address", ray_address, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     trials = optuna.load_study(study_name="t", storage=f"sqlite:///{tmp_path / 'studies.db'}").get_trials()
-    failed = [t for t in trials if t.state == TrialState.FAIL]
+    diverged = [t for t in trials if t.state == TrialState.PRUNED]
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    assert failed and complete and len(failed) + len(complete) == 6
-    for t in failed:
-        assert t.params["explode"] is True
+    assert diverged and complete and len(diverged) + len(complete) == 6
+    for t in diverged:  # PRUNED and infeasible: the sampler learns from it (it ignores FAIL trials)
+        assert t.params["explode"] is True and t.constraints == {"diverged": 1.0}
         assert "diverged: u is not finite at outer step 1, inner step 2" in t.user_attrs["fail_reason"]
     for t in complete:
         assert t.params["explode"] is False and "refined_t" in t.user_attrs
@@ -303,3 +303,34 @@ def test_the_same_spec_prunes_the_same_trials_on_a_fast_and_a_slowed_down_machin
         outcomes.append([(t.params, t.state, sorted(t.intermediate_values)) for t in trials])
     assert outcomes[0] == outcomes[1]
     assert any(state == TrialState.PRUNED for _, state, _ in outcomes[0])
+
+
+def test_the_sampler_learns_from_diverged_trials(tmp_path, ray_address):
+    (tmp_path / "my_problem.py").write_text(textwrap.dedent(USER_PROBLEM))
+    spec = write_spec(  # 70% of the range diverges at once
+        tmp_path, task="my_problem:Shrink", task_args={"touchy": 0.3}, fixed={"K": 3, "outer_steps": 4, "eval_every": 2},
+        space={"t0": {"type": "float", "low": 0.0, "high": 1.0}}, objective={"metric": "mse", "mode": "min"},
+        sampler={"name": "tpe", "seed": 0, "n_startup_trials": 6}, trials=24, concurrency=1, artifacts=False,
+    )
+    proc = run_cli("run", str(spec), "--address", ray_address, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    trials = optuna.load_study(study_name="t", storage=f"sqlite:///{tmp_path / 'studies.db'}").get_trials()
+    diverged = [t.constraints == {"diverged": 1.0} for t in trials]
+    assert all(d == (t.params["t0"] > 0.3) for d, t in zip(diverged, trials))
+    assert sum(diverged[12:]) < sum(diverged[:12]), diverged
+
+
+def test_a_last_step_without_a_usable_value_is_fail(tmp_path, ray_address):
+    (tmp_path / "bad_metric.py").write_text(textwrap.dedent(USER_PROBLEM) + """
+
+class BadMetric(Shrink):
+    def metrics(self, u, batch):
+        return {"mse": float("inf")}
+""")
+    spec = load_spec(write_spec(tmp_path, task="bad_metric:BadMetric", task_args={}, fixed={"K": 3, "outer_steps": 4, "eval_every": 2},
+                                space={"t0": {"type": "float", "low": 0.1, "high": 0.9}}, objective={"metric": "mse", "mode": "min"},
+                                trials=1, concurrency=1))
+    proc = run_cli("run", str(spec_path := tmp_path / "spec.yaml"), "--address", ray_address, cwd=tmp_path)
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:] + str(spec_path)
+    (trial,) = _study(spec).get_trials()
+    assert trial.state == TrialState.FAIL and trial.user_attrs["fail_reason"] == "the final val_mse is inf, not a finite number"

@@ -30,6 +30,16 @@ def test_spec_fields_parse(tmp_path):
     assert spec.multi_objective and spec.time_budget == 60
 
 
+def test_checkpoint_model_and_sampler_fields(tmp_path):
+    spec = load_spec(write_spec(tmp_path))
+    assert (spec.checkpoint_every, spec.keep_models, spec.init_from, spec.driver_lease) == (0, "all", None, 30.0)
+    assert spec.sampler.n_startup_trials is None
+    spec = load_spec(write_spec(tmp_path, checkpoint_every=50, keep_models="best", init_from={"study": "s", "trial": 2},
+                                driver_lease=5, sampler={"name": "gp", "seed": 1, "n_startup_trials": 4}))
+    assert (spec.checkpoint_every, spec.keep_models, spec.init_from) == (50, "best", {"study": "s", "trial": 2})
+    assert spec.driver_lease == 5 and spec.sampler.n_startup_trials == 4
+
+
 def test_retries_and_gpu_shares(tmp_path):
     assert load_spec(write_spec(tmp_path)).max_retries == 3  # the default: a lost node costs no trial
     spec = load_spec(write_spec(tmp_path, max_retries=0, resources={"cpu": 1, "gpu": 0.25}))
@@ -64,6 +74,15 @@ BAD_SPECS = [
     ("GPU share finer than Ray counts", {"resources": {"cpu": 1, "gpu": 0.00001}}, ["resources.gpu", "0.0001"]),
     ("negative retries", {"max_retries": -1}, ["max_retries", "-1"]),
     ("retries not a number", {"max_retries": "always"}, ["max_retries", "'always'"]),
+    ("report_interval, removed", {"report_interval": 1.0}, ["report_interval", "was removed", "eval_every"]),
+    ("negative checkpoint_every", {"checkpoint_every": -5}, ["checkpoint_every", "-5"]),
+    ("unknown keep_models", {"keep_models": "some"}, ["keep_models", "'some'", "all, best, none"]),
+    ("init_from without a study", {"init_from": {"trial": 3}}, ["init_from.study", "None"]),
+    ("init_from of another kind", {"init_from": 7}, ["init_from", "7"]),
+    ("lease not positive", {"driver_lease": 0}, ["driver_lease", "0"]),
+    ("startup trials for random search", {"sampler": {"name": "random", "n_startup_trials": 5}},
+     ["sampler.n_startup_trials", "tpe, gp, cmaes", "'random'"]),
+    ("negative startup trials", {"sampler": {"name": "tpe", "n_startup_trials": -1}}, ["sampler.n_startup_trials", "-1"]),
 ]
 
 # Spec errors only the task can reveal.
