@@ -76,6 +76,7 @@ class StudySearch(Searcher):
         self._reported: dict[str, set[int]] = {}
         self._last: dict[str, dict] = {}
         self._started: dict[str, float] = {}
+        self._superseded: dict[str, str] = {}  # continued trials: the previous run's checkpoint, removed once replaced
         self._checkpoints: dict[str, tuple] = {}  # Tune trial id -> (its latest ray.tune.Checkpoint, its step)
         self.tune_trials: dict[str, object] = {}  # Tune trial id -> Tune's Trial (its error file), from the driver
         self._done: set[str] = set()
@@ -101,6 +102,8 @@ class StudySearch(Searcher):
             raise
         self._trials[trial_id] = trial
         self._reported[trial_id] = reported
+        if config.get(P.RESUME_FROM):
+            self._superseded[trial_id] = config[P.RESUME_FROM]
         self._started[trial_id] = time.monotonic()
         self._writer.submit(lambda: trial.set_user_attr("ray_trial_id", trial_id))
         return config
@@ -175,6 +178,9 @@ class StudySearch(Searcher):
         self._checkpoints[trial_id] = (checkpoint, step)
         where = {"uri": checkpoint_uri(checkpoint, self.spec.results_dir), "step": step}
         self._writer.submit(lambda: trial.set_user_attr(CHECKPOINT_ATTR, where))
+        old = self._superseded.pop(trial_id, None)
+        if old is not None:  # only the latest checkpoint is kept per trial, across runs too
+            self._writer.submit(lambda: remove_checkpoint(old))
 
     def _final_checkpoint(self, trial_id: str, step: int | None, wait_s: float = 30.0):
         """The trial's checkpoint of outer step ``step`` (its last). Tune may tell the searcher that a trial
@@ -336,6 +342,15 @@ def lost_reason(trial) -> str:
         if "Error" in line or "error" in line:
             return line[:300]
     return lines[-1][:300] if lines else "its worker failed"
+
+
+def remove_checkpoint(uri: str) -> None:
+    """Delete the checkpoint directory at ``uri`` (a path, or ``s3://``, ``gs://``), if it is still there."""
+    import pyarrow.fs
+
+    filesystem, path = pyarrow.fs.FileSystem.from_uri(uri if "://" in uri else str(Path(uri).resolve()))
+    if filesystem.get_file_info(path).type == pyarrow.fs.FileType.Directory:
+        filesystem.delete_dir(path)
 
 
 def checkpoint_uri(checkpoint, results_dir: str) -> str:

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import optuna
 import pytest
@@ -163,6 +164,7 @@ def test_a_killed_or_interrupted_driver_is_resumed_and_its_trials_continue_from_
         for step, value in old.intermediate_values.items():
             assert t.intermediate_values[step] == value  # reported before the stop, kept as it was
         if old.user_attrs.get("checkpoint"):
+            assert not Path(old.user_attrs["checkpoint"]["uri"]).exists()  # replaced: one checkpoint per trial
             resumed = t.user_attrs["resumed_from"]
             assert max(old.intermediate_values) - 100 <= resumed <= max(old.intermediate_values)  # at most one interval lost
     t = trials[open_trials[0].number]
