@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import signal
 import threading
@@ -36,6 +37,9 @@ from hpo.spec import DEFAULT_STORAGE, JobSpec, check_against_task
 from hpo.storage import check_storage, open_artifact_store, open_storage
 from hpo.writer import StorageWriter
 from workers import protocol as P
+
+
+TUNE_RUN_TRIALS = 1000  # trials per Tune run (see _fit)
 
 
 @dataclass
@@ -262,6 +266,7 @@ def _fit(spec: JobSpec, search: StudySearch, scheduler, watch: TrialWatch, inter
         "task_args": spec.task_args,
         "fixed": spec.fixed,
         "objectives": [(o.reported, o.mode) for o in spec.objectives],
+        "objective_value": spec.objectives[0].value,
         "threads": threads,
         "artifacts": spec.artifacts,
         "checkpoint_every": spec.checkpoint_every,
@@ -270,34 +275,45 @@ def _fit(spec: JobSpec, search: StudySearch, scheduler, watch: TrialWatch, inter
     }
     resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
     results_dir = spec.results_dir if "://" in spec.results_dir else str(Path(spec.results_dir).resolve())
-    tuner = tune.Tuner(
-        tune.with_resources(tune.with_parameters(trainable, job=job), resources),
-        tune_config=tune.TuneConfig(
-            search_alg=search,
-            scheduler=scheduler,
-            num_samples=num_samples,
-            max_concurrent_trials=spec.concurrency,
-            time_budget_s=spec.time_budget,
-            reuse_actors=True,  # saves a process start (and a torch import) per trial
-            trial_dirname_creator=lambda trial: f"trial-{trial.config.get(P.OPTUNA_TRIAL)}-{trial.trial_id}",
-        ),
-        run_config=tune.RunConfig(
-            name=f"{spec.study.replace('/', '_')}-{time.strftime('%Y%m%d-%H%M%S')}",
-            storage_path=results_dir,
-            verbose=0,
-            stop=interrupt,
-            # Only a lost worker or node reaches Tune as an error (the trainable reports the task's own
-            # errors as results), so every Tune retry is a restart on a healthy node, never a rerun of a bug.
-            failure_config=tune.FailureConfig(max_failures=spec.max_retries),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            callbacks=[watch],
-        ),
-    )
+    name = f"{spec.study.replace('/', '_')}-{time.strftime('%Y%m%d-%H%M%S')}"
+    trainable_ = tune.with_resources(tune.with_parameters(trainable, job=job), resources)
     previous = None
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGINT, interrupt.handle)
+    start = time.monotonic()
     try:
-        tuner.fit()
+        # Tune keeps every trial of a run in memory and in its experiment state, which it rewrites as
+        # it goes: a long study runs as several Tune runs of TUNE_RUN_TRIALS trials, so the driver's
+        # memory and speed do not depend on how many trials came before (the searcher and the
+        # scheduler carry over)
+        for part in range(1, 1 + math.ceil(num_samples / TUNE_RUN_TRIALS)):
+            left = search.remaining()
+            budget = None if spec.time_budget is None else spec.time_budget - (time.monotonic() - start)
+            if left == 0 or (budget is not None and budget <= 0) or search.interrupted or interrupt.writer.failed:
+                break
+            tune.Tuner(
+                trainable_,
+                tune_config=tune.TuneConfig(
+                    search_alg=search,
+                    scheduler=scheduler,
+                    num_samples=min(left, TUNE_RUN_TRIALS),
+                    max_concurrent_trials=spec.concurrency,
+                    time_budget_s=budget,
+                    reuse_actors=True,  # saves a process start (and a torch import) per trial
+                    trial_dirname_creator=lambda trial: f"trial-{trial.config.get(P.OPTUNA_TRIAL)}-{trial.trial_id}",
+                ),
+                run_config=tune.RunConfig(
+                    name=name if part == 1 else f"{name}-part{part}",
+                    storage_path=results_dir,
+                    verbose=0,
+                    stop=interrupt,
+                    # Only a lost worker or node reaches Tune as an error (the trainable reports the task's own
+                    # errors as results), so every Tune retry is a restart on a healthy node, never a rerun of a bug.
+                    failure_config=tune.FailureConfig(max_failures=spec.max_retries),
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                    callbacks=[watch],
+                ),
+            ).fit()
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)

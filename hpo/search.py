@@ -192,6 +192,10 @@ class StudySearch(Searcher):
                 return checkpoint if at == step else None
             time.sleep(0.05)
 
+    def remaining(self) -> int:
+        """Trials not yet handed to Tune: interrupted ones to continue and new ones to ask for."""
+        return len(self._continuing) + self._new_left
+
     def number(self, trial_id: str) -> int | None:
         """The Optuna trial number of Tune trial ``trial_id`` (None before it is suggested)."""
         trial = self._trials.get(trial_id)

@@ -23,6 +23,7 @@ STARTUP_SAMPLERS = ("tpe", "gp", "cmaes")  # samplers that start with random tri
 SCHEDULERS = ("asha", "none")
 PARAM_TYPES = ("float", "int", "categorical")
 MODES = ("min", "max")
+OBJECTIVE_VALUES = ("last", "best", "averaged")
 DEFAULT_STORAGE = "sqlite:///hpo-results/studies.db"
 DEFAULT_RESULTS_DIR = "hpo-results/ray"
 TASK_PREFIX = "task."  # a space key "task.seed" names the task argument, not BMOConfig.seed
@@ -51,15 +52,20 @@ class Param:
 
 @dataclass(frozen=True)
 class Objective:
-    """A metric the task reports on the validation split, and its direction."""
+    """A metric the task reports on the validation split, its direction, and which value of it counts.
+
+    ``value``: ``last`` (at the last step), ``best`` (the best validation seen; the trial keeps the
+    solver of that step) or ``averaged`` (of the moving average of ω, ``fixed.average``).
+    """
 
     metric: str
     mode: str
+    value: str = "last"
 
     @property
     def reported(self) -> str:
         """The key under which trials report this metric."""
-        return f"val_{self.metric}"
+        return {"last": "val_", "best": "val_best_", "averaged": "val_avg_"}[self.value] + self.metric
 
 
 @dataclass(frozen=True)
@@ -230,14 +236,17 @@ def _objectives(raw) -> tuple[Objective, ...]:
     out = []
     for i, item in enumerate(items):
         where = "objective" if not isinstance(raw, list) else f"objective[{i}]"
-        item = _mapping(where, item, ("metric", "mode"))
+        item = _mapping(where, item, ("metric", "mode", "value"))
         metric = item.get("metric")
         if not isinstance(metric, str) or not metric:
             raise _fail(f"{where}.metric", f"must be a metric name, got {metric!r}")
         metric = metric[len("val_"):] if metric.startswith("val_") else metric
-        out.append(Objective(metric, _choice(f"{where}.mode", item.get("mode"), MODES)))
+        value = _choice(f"{where}.value", item.get("value", "last"), OBJECTIVE_VALUES)
+        out.append(Objective(metric, _choice(f"{where}.mode", item.get("mode"), MODES), value))
     if len({o.metric for o in out}) != len(out):
         raise _fail("objective", "lists a metric twice")
+    if len({o.value for o in out}) > 1:  # the solver a trial keeps follows it
+        raise _fail("objective", f"the objectives' value must be the same, got {', '.join(o.value for o in out)}")
     return tuple(out)
 
 
@@ -321,6 +330,8 @@ def parse_spec(data: Any, *, source: str = "spec") -> JobSpec:
     scheduler = Scheduler(sched_name, grace, max_t, rf)
 
     objectives = _objectives(data.get("objective"))
+    if objectives[0].value == "averaged" and not ("average" in fixed or "average" in names):
+        raise _fail("objective.value", "averaged needs the decay of ω's moving average: set fixed.average (e.g. 0.99)")
     if len(objectives) > 1 and scheduler.name != "none":
         raise _fail("scheduler", "a multi-objective study cannot be pruned by ASHA; set scheduler: {name: none}")
     if len(objectives) > 1 and sampler.name in ("gp", "cmaes"):

@@ -26,6 +26,7 @@ import dataclasses
 import math
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -92,6 +93,7 @@ class BMOConfig:
     implicit_tol: float = 1e-6  # relative tolerance of the adjoint solve
     implicit_maxiter: int = 100  # BiCGSTAB iterations (two vector-Jacobian products each)
     grad_clip: float | None = None  # max global norm of the hypergradient (None: off)
+    average: float = 0.0  # decay of a moving average of ω, validated as val_avg_* (0: no average)
     device: str = "auto"  # "auto" (CUDA when available) | "cpu" | "cuda"
     seed: int = 0
 
@@ -118,6 +120,7 @@ class BMOConfig:
         _check_int("implicit_maxiter", self.implicit_maxiter, 1)
         if self.grad_clip is not None:
             _check_real("grad_clip", self.grad_clip, 0.0, math.inf, low_open=True, high_open=True)
+        _check_real("average", self.average, 0.0, 1.0, high_open=True)
         _check_choice("device", self.device, DEVICES)
         _check_int("seed", self.seed, 0)
 
@@ -170,6 +173,7 @@ class TrainState:
     val: dict[str, float] = field(default_factory=dict)
     val_step: int = 0
     seconds: float = 0.0
+    average: list[Tensor] | None = None  # the moving average of ω (config.average > 0)
 
     def to_dict(self) -> dict:
         """Plain data for ``torch.save`` (loadable with ``weights_only=True``)."""
@@ -212,6 +216,7 @@ class TrainResult:
     final: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
     device: str = "cpu"
+    average: list[Tensor] | None = None  # the moving average of the trainable parameters (config.average > 0)
 
 
 def step_size(config: BMOConfig, k: int) -> float:
@@ -371,6 +376,23 @@ def layer_metrics(problem: Problem, config: BMOConfig, split: str = "test", *, K
     return [{"k": k, **{name: v / n for name, v in acc.items()}} for k, acc in enumerate(total or [], start=1)]
 
 
+@contextmanager
+def using_weights(problem: Problem, weights: list[Tensor]):
+    """Within the block, the problem's trainable parameters hold ``weights`` (e.g. their moving average);
+    everything (parameters and buffers, such as a spectral norm's power iteration) is restored after."""
+    saved = {k: v.detach().clone() for k, v in problem.state_dict().items()}
+    with torch.no_grad():
+        for p, w in zip(_trainable(problem), weights):
+            p.copy_(w)
+    for module in problem.modules():  # spectral norms: power iterations for these weights
+        if hasattr(module, "calibrate"):
+            module.calibrate(50)
+    try:
+        yield problem
+    finally:
+        problem.load_state_dict(saved)
+
+
 def _trainable(problem: Problem) -> list[torch.nn.Parameter]:
     return [p for p in problem.parameters() if p.requires_grad]
 
@@ -498,7 +520,8 @@ def train(
     ``eval_every`` steps and at the last step; ``val_step`` says when). Raises
     ``DivergenceError`` when u or ω stops being finite.
 
-    ``checkpoint(state)`` is called after every ``checkpoint_every``-th step and the last one
+    With ``config.average`` > 0 it keeps a moving average of ω (``result.average``) and validates it
+    too, as ``val_avg_*``. ``checkpoint(state)`` is called after every ``checkpoint_every``-th step and the last one
     (``checkpoint_every=0``: never), before ``report`` of that step; ``start`` continues from
     such a state, on the same trajectory as the run that saved it.
     """
@@ -513,6 +536,7 @@ def train(
     val: dict[str, float] = {}
     val_step = done = 0
     earlier = 0.0  # training seconds before ``start``
+    average = [p.detach().clone() for p in params] if config.average and params else None
     if start is not None:
         problem.load_state_dict(start.problem)
         if optimizer is not None and start.optimizer is not None:
@@ -520,6 +544,7 @@ def train(
         _set_rng_state(start.rng)
         u_prev = None if start.u_prev is None else start.u_prev.to(device)
         val, val_step, done, earlier = dict(start.val), start.val_step, start.step, start.seconds
+        average = None if start.average is None else [a.to(device) for a in start.average]
         for _ in range(done):  # the data stream's position: skip the batches already used
             next(train_batches)
     clock = time.perf_counter()
@@ -537,6 +562,10 @@ def train(
             optimizer.step()
             if not all(bool(torch.isfinite(p).all()) for p in params):
                 raise DivergenceError(step, None, "omega")
+            if average is not None:
+                with torch.no_grad():
+                    for a, p in zip(average, params):
+                        a.lerp_(p.detach(), 1.0 - config.average)
         u_prev = u_K
         metrics = {"upper_loss": float(loss), "fp_residual": fp_residual(problem, u_K, batch, config.K + 1)}
         if adjoint_residual is not None:
@@ -545,6 +574,9 @@ def train(
             raise DivergenceError(step, None, "upper_loss")
         if step == 1 or step % config.eval_every == 0 or step == config.outer_steps:
             val = {f"val_{name}": v for name, v in evaluate(problem, config, "val").items()}
+            if average is not None:
+                with using_weights(problem, average):
+                    val.update({f"val_avg_{name}": v for name, v in evaluate(problem, config, "val").items()})
             val_step = step
         metrics.update(val)
         metrics["val_step"] = val_step
@@ -555,10 +587,11 @@ def train(
                 step=step, problem=_cpu(problem.state_dict()),
                 optimizer=None if optimizer is None else _cpu(optimizer.state_dict()), rng=_rng_state(),
                 u_prev=None if not config.warm_start else _cpu(u_prev), val=dict(val), val_step=val_step,
-                seconds=metrics["seconds"],
+                seconds=metrics["seconds"], average=None if average is None else _cpu(average),
             ))
         if report is not None:
             report(step, metrics)
     result.seconds = earlier + time.perf_counter() - clock
+    result.average = average
     result.final = val if config.outer_steps else {f"val_{k}": v for k, v in evaluate(problem, config, "val").items()}
     return result

@@ -69,13 +69,39 @@ def default_checkpoint_every(outer_steps: int) -> int:
     return max(1, math.ceil(outer_steps / 4))
 
 
-def load_state(checkpoint) -> tuple[TrainState, list[dict]]:
-    """The training state and validation history saved in a Tune checkpoint (or a directory path)."""
+class Best:
+    """The best validation values seen (``objective.value: best``) and ω's state at the first objective's best."""
+
+    def __init__(self, values: dict[str, float] | None = None, step: int = 0, state: dict | None = None):
+        self.values, self.step, self.state = dict(values or {}), step, state
+
+    def see(self, step: int, metrics: dict[str, float], objectives: list[tuple[str, str]], problem) -> None:
+        """Take the validation of ``step`` into account (``objectives``: the reported ``val_best_*`` keys)."""
+        for i, (key, mode) in enumerate(objectives):
+            v = metrics.get(P.VAL_PREFIX + key.removeprefix("val_best_"))
+            if v is None or not math.isfinite(v):
+                continue
+            old = self.values.get(key)
+            if old is None or (v < old if mode == "min" else v > old):
+                self.values[key] = v
+                if i == 0:
+                    self.step = step
+                    self.state = {k: t.detach().to("cpu", copy=True) for k, t in problem.state_dict().items()}
+
+
+def save_state(directory: Path, state: TrainState, history: list[dict], best: Best) -> None:
+    """``state.pt``: the training state, the validation history and the best validation so far."""
+    torch.save({"train": state.to_dict(), "history": history,
+                "best": {"values": best.values, "step": best.step, "state": best.state}}, directory / P.STATE_FILE)
+
+
+def load_state(checkpoint) -> tuple[TrainState, list[dict], Best]:
+    """The training state, validation history and best validation saved in a Tune checkpoint (or a directory)."""
     if isinstance(checkpoint, (str, Path)):
         checkpoint = tune.Checkpoint(str(checkpoint))
     with checkpoint.as_directory() as directory:
         saved = torch.load(Path(directory) / P.STATE_FILE, weights_only=True, map_location="cpu")
-    return TrainState.from_dict(saved["train"]), list(saved["history"])
+    return TrainState.from_dict(saved["train"]), list(saved["history"]), Best(**saved.get("best", {}))
 
 
 def trainable(params: dict[str, Any], *, job: dict[str, Any]) -> None:
@@ -108,16 +134,18 @@ def trainable(params: dict[str, Any], *, job: dict[str, Any]) -> None:
         failed(f"the task could not be built: {type(e).__name__}: {e}")
         return
 
-    start, history = None, []
+    start, history, best = None, [], Best()
     checkpoint = tune.get_checkpoint() or (tune.Checkpoint(resume_from) if resume_from else None)
     if checkpoint is not None:
         try:
-            start, history = load_state(checkpoint)
+            start, history, best = load_state(checkpoint)
         except Exception as e:  # noqa: BLE001 - a checkpoint cut short by a crash: start over, and say so
             base["checkpoint_error"] = f"{type(e).__name__}: {e}"[:300]
     base["resumed_from"] = 0 if start is None else start.step
     every = job.get("checkpoint_every", 0)
+    value = job.get("objective_value", "last")
     pending: dict[int, TrainState] = {}
+    final: dict[str, Any] = {}
 
     def keep(state: TrainState) -> None:
         pending[state.step] = state
@@ -126,28 +154,44 @@ def trainable(params: dict[str, Any], *, job: dict[str, Any]) -> None:
         validated = metrics[P.VAL_STEP] == step
         if validated and not (history and history[-1]["step"] == step):
             history.append({"step": step, **{k: v for k, v in metrics.items() if k == "upper_loss" or k.startswith(P.VAL_PREFIX)}})
-        last = step == config.outer_steps
-        if not (validated or last or step in pending):
+            if value == "best":
+                best.see(step, metrics, objectives, problem)
+        metrics = {**metrics, **best.values}
+        if step == config.outer_steps:  # reported once train returns, with the solver
+            final.update(metrics=metrics, state=pending.pop(step, None))
             return
-        if last:
-            unusable = P.unusable_final(metrics, [key for key, _ in objectives])
-            if unusable:
-                raise _Unusable(unusable)
-        out = {**base, **metrics, P.OUTER_STEP: step, P.DEVICE: str(problem.device)}
-        state = pending.pop(step, None)
-        if state is None and not last:
-            tune.report(out)
-            return
+        if validated or step in pending:
+            out = {**base, **metrics, P.OUTER_STEP: step, P.DEVICE: str(problem.device)}
+            state = pending.pop(step, None)
+            if state is None:
+                tune.report(out)
+                return
+            with tempfile.TemporaryDirectory(prefix="bmo-ckpt-") as tmp:
+                save_state(Path(tmp), state, history, best)
+                tune.report(out, checkpoint=tune.Checkpoint.from_directory(tmp))
+
+    def finish(metrics: dict[str, float], state: TrainState | None, average) -> None:
+        """The last report: its checkpoint holds the state, the solver (the weights the objective is of),
+        the figures, and the solver's test metrics."""
+        unusable = P.unusable_final(metrics, [key for key, _ in objectives])
+        if unusable:
+            raise _Unusable(unusable)
+        out = {**base, **metrics, P.OUTER_STEP: config.outer_steps, P.DEVICE: str(problem.device)}
         with tempfile.TemporaryDirectory(prefix="bmo-ckpt-") as tmp:
             directory = Path(tmp)
-            if last:
-                out.update({f"{P.REFINED_PREFIX}{k}": v for k, v in problem.learned_values().items()})
-                finish(directory, out)
             if state is not None:
-                torch.save({"train": state.to_dict(), "history": history}, directory / P.STATE_FILE)
+                save_state(directory, state, history, best)
+            if value == "best" and best.state is not None:
+                problem.load_state_dict(best.state)
+            elif value == "averaged" and average is not None:
+                with torch.no_grad():
+                    for p, a in zip([p for p in problem.parameters() if p.requires_grad], average):
+                        p.copy_(a)
+            out.update({f"{P.REFINED_PREFIX}{k}": v for k, v in problem.learned_values().items()})
+            write_solver(directory, out)
             tune.report(out, checkpoint=tune.Checkpoint.from_directory(tmp))
 
-    def finish(directory: Path, out: dict) -> None:
+    def write_solver(directory: Path, out: dict) -> None:
         """The final solver, its test metrics and the figures, into the last checkpoint."""
         from workers.solver import save_solver
 
@@ -157,7 +201,8 @@ def trainable(params: dict[str, Any], *, job: dict[str, Any]) -> None:
             save_solver(directory, problem, config, task=job["task"], task_args=task_args,
                         metrics={k.removeprefix(P.TEST_PREFIX): v for k, v in test.items()})
         if job.get("artifacts", False):
-            write_figures(directory, problem, config, history, objectives[0][0].removeprefix(P.VAL_PREFIX))
+            metric = objectives[0][0].removeprefix("val_best_").removeprefix("val_avg_").removeprefix(P.VAL_PREFIX)
+            write_figures(directory, problem, config, history, metric)
         (directory / "history.json").write_text(json.dumps(history))
 
     try:
@@ -165,11 +210,11 @@ def trainable(params: dict[str, Any], *, job: dict[str, Any]) -> None:
             tune.report({**base, **{f"{P.VAL_PREFIX}{k}": v for k, v in evaluate(problem, config, "val").items()},
                          P.VAL_STEP: 0, P.DEVICE: str(problem.device)})
         # the last step always checkpoints: its checkpoint carries the solver
-        train(problem, config, report=report, start=start, checkpoint=keep,
-              checkpoint_every=every or default_checkpoint_every(config.outer_steps))
-        if start is not None and start.step == config.outer_steps:  # stopped after its last step: report it again
-            pending[start.step] = start
-            report(start.step, {**start.val, P.VAL_STEP: start.val_step, "seconds": start.seconds})
+        result = train(problem, config, report=report, start=start, checkpoint=keep,
+                       checkpoint_every=every or default_checkpoint_every(config.outer_steps))
+        if not final and start is not None and start.step == config.outer_steps:  # stopped after its last step
+            final.update(metrics={**start.val, **best.values, P.VAL_STEP: start.val_step, "seconds": start.seconds}, state=start)
+        finish(final["metrics"], final["state"], result.average)
     except DivergenceError as e:
         tune.report({**base, **_worst(objectives), P.OUTER_STEP: e.outer_step, P.DIVERGED: str(e)})
     except _Unusable as e:

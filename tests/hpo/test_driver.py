@@ -336,3 +336,46 @@ class BadMetric(Shrink):
     assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:] + str(spec_path)
     (trial,) = _study(spec).get_trials()
     assert trial.state == TrialState.FAIL and trial.user_attrs["fail_reason"] == "the final val_mse is inf, not a finite number"
+
+
+def test_the_objective_is_the_last_the_best_or_the_averaged_value(tmp_path, ray_address):
+    common = dict(trials=1, concurrency=1, artifacts=False, space={"mu": {"type": "float", "low": 0.0, "high": 0.3}},
+                  fixed={"K": 4, "outer_steps": 40, "eval_every": 5, "gamma": 0.1, "average": 0.8})
+    trials = {}
+    for value in ("last", "best", "averaged"):
+        spec = load_spec(write_spec(tmp_path, name=f"{value}.yaml", study=value, **common,
+                                    objective={"metric": "nmse_db", "mode": "min", "value": value}))
+        run_job(spec, out=lambda line: None)
+        (trials[value],) = _study(spec).get_trials()
+    last, best, averaged = trials["last"], trials["best"], trials["averaged"]
+    assert last.params == best.params == averaged.params  # the same seed: the same trajectory three times
+    trace = [last.intermediate_values[s] for s in sorted(last.intermediate_values)]
+    assert last.value == trace[-1]
+    assert [best.intermediate_values[s] for s in sorted(best.intermediate_values)] == pytest.approx(
+        [min(trace[: i + 1]) for i in range(len(trace))])  # the best so far, at every validation
+    assert best.value == pytest.approx(min(trace)) and best.value < last.value  # gamma 0.1: the trace wanders
+    # the kept solver is the best step's: its validation equals the trial's value
+    from workers import evaluate, load_solver
+
+    solver_file = tmp_path / "best.pt"
+    assert run_cli("model", "best", "--storage", f"sqlite:///{tmp_path / 'studies.db'}", "-o", str(solver_file)).returncode == 0
+    solver = load_solver(solver_file)
+    assert evaluate(solver.problem, solver.config, "val")["nmse_db"] == pytest.approx(best.value, rel=1e-5)
+    # averaged: the value of the moving average of omega, as train computes it in this process
+    from workers import BMOConfig, make_problem, train
+
+    result = train(make_problem("sparse_coding", BASE_SPEC["task_args"]),
+                   BMOConfig.from_dict({**common["fixed"], "mu": averaged.params["mu"]}))
+    assert averaged.value == pytest.approx(result.final["val_avg_nmse_db"], rel=1e-5)
+
+
+def test_a_long_study_runs_as_several_tune_runs_and_asha_carries_over(tmp_path, ray_address, monkeypatch):
+    import hpo.driver
+
+    monkeypatch.setattr(hpo.driver, "TUNE_RUN_TRIALS", 3)  # Tune runs of 3 trials: 7 trials take 3 of them
+    spec = load_spec(write_spec(tmp_path, trials=7, scheduler={"name": "asha", "grace_period": 10, "reduction_factor": 2}))
+    result = run_job(spec, out=lambda line: None)
+    trials = _study(spec).get_trials()
+    assert len(trials) == 7 and result.complete + result.pruned == 7 and result.pruned >= 1
+    assert len({t.user_attrs["ray_trial_id"] for t in trials}) == 7
+    assert len(list((tmp_path / "ray").glob("t-*"))) == 3  # three Tune experiments, one study

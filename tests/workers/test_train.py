@@ -150,3 +150,25 @@ def test_evaluating_leaves_the_problem_unchanged():
     assert first == second and problem.training
     for k, v in problem.state_dict().items():
         assert torch.equal(v, before[k]), k
+
+
+def test_the_moving_average_of_omega_is_kept_and_validated():
+    args = {"m": 16, "n": 32, "batch_size": 16, "val_size": 32, "test_size": 8}
+    config = BMOConfig(K=3, outer_steps=5, eval_every=5, gamma=1e-2, average=0.6, device="cpu")
+    problem = make_problem("sparse_coding", args)
+    params = [p for p in problem.parameters() if p.requires_grad]
+    expected = [p.detach().clone() for p in params]  # the average starts at the initial ω
+
+    def follow(step, metrics):  # the reference: the recursion written out, from the parameters after each step
+        for e, p in zip(expected, params):
+            e.mul_(0.6).add_(0.4 * p.detach())
+
+    result = train(problem, config, report=follow)
+    for got, want in zip(result.average, expected):
+        torch.testing.assert_close(got, want)
+    reference = make_problem("sparse_coding", args)  # a fresh problem holding the average
+    with torch.no_grad():
+        for p, w in zip([p for p in reference.parameters() if p.requires_grad], expected):
+            p.copy_(w)
+    assert result.final["val_avg_nmse_db"] == pytest.approx(evaluate(reference, config, "val")["nmse_db"], rel=1e-6)
+    assert result.final["val_nmse_db"] == pytest.approx(evaluate(problem, config, "val")["nmse_db"], rel=1e-6)
