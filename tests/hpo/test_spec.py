@@ -82,6 +82,13 @@ BAD_SPECS = [
     ("lease not positive", {"driver_lease": 0}, ["driver_lease", "0"]),
     ("startup trials for random search", {"sampler": {"name": "random", "n_startup_trials": 5}},
      ["sampler.n_startup_trials", "tpe, gp, cmaes", "'random'"]),
+    ("unknown objective value", {"objective": {"metric": "nmse_db", "mode": "min", "value": "median"}},
+     ["objective.value", "'median'", "last, best, averaged"]),
+    ("averaged without an average", {"objective": {"metric": "nmse_db", "mode": "min", "value": "averaged"}},
+     ["objective.value", "fixed.average"]),
+    ("objectives of different values", {"objective": [{"metric": "nmse_db", "mode": "min", "value": "best"},
+                                                      {"metric": "fp_residual", "mode": "min"}], "scheduler": {"name": "none"}},
+     ["objective", "best, last"]),
     ("negative startup trials", {"sampler": {"name": "tpe", "n_startup_trials": -1}}, ["sampler.n_startup_trials", "-1"]),
 ]
 
