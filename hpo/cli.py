@@ -124,6 +124,8 @@ def _spec_overrides(args: argparse.Namespace) -> dict:
         overrides["storage"] = args.storage
     if args.study is not None:
         overrides["study"] = args.study
+    if getattr(args, "seed_from", None) is not None:
+        overrides["seed_from"] = args.seed_from
     data = read_spec_data(args.spec)
     for key, value in overrides.items():
         if isinstance(data, dict) and apply_override(data, key, value):
@@ -406,6 +408,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "or a bare BMOConfig field (K=8 means fixed.K=8); repeatable")
     p.add_argument("--address", help="join this Ray cluster (default: start an embedded local Ray)")
     p.add_argument("--resume", action="store_true", help="finish the spec's existing study after an interrupted run")
+    p.add_argument("--seed-from", metavar="STUDY",
+                   help="start a new study with the best 5 configurations of STUDY (same storage), fitted to this space")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("submit", help="submit a tuning job to a Ray cluster (Ray Jobs)")

@@ -32,6 +32,7 @@ from hpo.progress import Progress
 from hpo.ray_cluster import check_resources, check_results_dir, connect_ray
 from hpo.resume import SPEC_ATTR, prepare_study, spec_fingerprint
 from hpo.search import StudySearch, lost_reason
+from hpo.seeding import seed_study, source_study
 from hpo.space import define_by_run, make_sampler
 from hpo.spec import DEFAULT_STORAGE, JobSpec, check_against_task
 from hpo.storage import check_storage, open_artifact_store, open_storage
@@ -143,6 +144,8 @@ def validate(spec: JobSpec) -> JobSpec:
     reachable, ``init_from`` a solver that fits the task. Returns the spec with ``init_from`` as a file."""
     check_against_task(spec)
     check_storage(spec.storage, create_dirs=spec.storage == DEFAULT_STORAGE)
+    if spec.seed_from is not None:
+        source_study(spec)
     if spec.init_from is None:
         return spec
     return dataclasses.replace(spec, init_from=check_init_from(spec, resolve_init_from(spec)))
@@ -218,6 +221,8 @@ def _run(spec: JobSpec, storage, resume: bool, take: Callable[[optuna.Study], No
     if SPEC_ATTR not in study.user_attrs:
         study.set_user_attr(SPEC_ATTR, spec_fingerprint(spec))
         take(study)
+        if spec.seed_from is not None:  # a new study: its first trials are another study's best
+            seed_study(spec, study, out)
 
     progress = Progress(spec, spec.trials, out)
     progress.counts.update(counts)  # resumed: count what is already there
@@ -256,6 +261,9 @@ def _fit(spec: JobSpec, search: StudySearch, scheduler, watch: TrialWatch, inter
     # The Optuna storage keeps every result; Tune's per-trial JSON/CSV/TensorBoard files would only cost time.
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # ours (Interrupt) leaves the trials resumable
+    # Tune's experiment state (every trial of the run as JSON) serves Tuner.restore, which bmo-hpo does not use
+    # (it resumes from the storage): written every 10 minutes and at the end, not every few seconds.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "600")
     from ray import tune
 
     from workers.trainable import trainable
@@ -310,7 +318,7 @@ def _fit(spec: JobSpec, search: StudySearch, scheduler, watch: TrialWatch, inter
                     # Only a lost worker or node reaches Tune as an error (the trainable reports the task's own
                     # errors as results), so every Tune retry is a restart on a healthy node, never a rerun of a bug.
                     failure_config=tune.FailureConfig(max_failures=spec.max_retries),
-                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=None),  # the searcher removes old ones
                     callbacks=[watch],
                 ),
             ).fit()

@@ -21,7 +21,8 @@ from hpo.storage import artifact_dir, open_artifact_store
 
 SOLVER_ATTR = "artifact_solver"  # artifact id of the trial's solver.pt
 SOLVER_META_ATTR = "artifact_solver_json"  # artifact id of its solver.json
-DROPPED_ATTR = "model_dropped"  # why a trial's solver was removed (keep_models: best)
+DROPPED_ATTR = "model_dropped"  # why a trial's solver was removed (keep_models: best), on the trial
+MODELS_DROPPED_ATTR = "bmo_hpo_models_dropped"  # the same, for finished trials: {trial number: why}, on the study
 
 
 def solver_trial(study: optuna.Study, trial: int | None) -> FrozenTrial:
@@ -41,11 +42,12 @@ def solver_trial(study: optuna.Study, trial: int | None) -> FrozenTrial:
             span = f"trials 0 to {max(trials)}" if trials else "no trials"
             raise ModelError(f"study {name!r} has no trial {trial} ({span})")
         chosen = trials[trial]
-    if SOLVER_ATTR in chosen.user_attrs:
+    dropped = chosen.user_attrs.get(DROPPED_ATTR) or study.user_attrs.get(MODELS_DROPPED_ATTR, {}).get(str(chosen.number))
+    if SOLVER_ATTR in chosen.user_attrs and not dropped:
         return chosen
     head = f"trial {chosen.number} ({chosen.state.name}) has no trained solver"
-    if DROPPED_ATTR in chosen.user_attrs:
-        raise ModelError(f"{head} any more ({chosen.user_attrs[DROPPED_ATTR]})")
+    if dropped:
+        raise ModelError(f"{head} any more ({dropped})")
     if chosen.state == TrialState.COMPLETE:
         raise ModelError(f"{head} (keep_models: best keeps only the best trial's, none keeps none)")
     if chosen.state in (TrialState.RUNNING, TrialState.WAITING):

@@ -37,6 +37,7 @@ from hpo.writer import StorageWriter, is_outage
 from workers import protocol as P
 
 CHECKPOINT_ATTR = "checkpoint"  # user attribute: {"uri", "step"} of the trial's latest checkpoint
+MODELS_DROPPED_ATTR = "bmo_hpo_models_dropped"  # study user attribute: {trial number: why its model was removed}
 MIMETYPES = {".png": "image/png", ".json": "application/json", ".pt": "application/octet-stream"}
 
 
@@ -175,11 +176,15 @@ class StudySearch(Searcher):
         trial = self._trials.get(trial_id)
         if trial is None:
             return
+        previous = self._checkpoints.get(trial_id)
         self._checkpoints[trial_id] = (checkpoint, step)
         where = {"uri": checkpoint_uri(checkpoint, self.spec.results_dir), "step": step}
         self._writer.submit(lambda: trial.set_user_attr(CHECKPOINT_ATTR, where))
-        old = self._superseded.pop(trial_id, None)
-        if old is not None:  # only the latest checkpoint is kept per trial, across runs too
+        # Only the latest checkpoint is kept per trial, across runs too, removed once the storage points at the new
+        # one. (Tune's own num_to_keep would do it within a run, but forces a rewrite of its experiment state,
+        # every trial as JSON, after each checkpoint: a third of the driver's time in a 1,000-trial run.)
+        old = self._superseded.pop(trial_id, None) or (None if previous is None else checkpoint_uri(previous[0], self.spec.results_dir))
+        if old is not None and old != where["uri"]:
             self._writer.submit(lambda: remove_checkpoint(old))
 
     def _final_checkpoint(self, trial_id: str, step: int | None, wait_s: float = 30.0):
@@ -255,7 +260,12 @@ class StudySearch(Searcher):
         self._record_attrs(trial, last, ended)
         checkpoint = self._final_checkpoint(trial_id, last.get(P.OUTER_STEP)) if state == TrialState.COMPLETE else None
         if checkpoint is not None:
-            self._store_artifacts(trial, checkpoint, values)
+            try:
+                self._store_artifacts(trial, checkpoint, values)
+            except Exception as e:
+                if is_outage(e):
+                    raise  # the writer waits the outage out and does all of this again
+                self._out(f"warning: trial {trial.number}'s solver and figures were not stored: {type(e).__name__}: {e}")
         # skip_if_finished: told already by an attempt whose answer an outage lost; never twice
         self.study.tell(trial, values if values is None or len(values) > 1 else values[0], state=state, skip_if_finished=True)
         self._on_finished(trial.number, state, values, note)
@@ -293,8 +303,9 @@ class StudySearch(Searcher):
         value = values[0]
         sign = 1.0 if self.spec.objectives[0].mode == "min" else -1.0
         if self._best is None:
+            dropped = self.study.user_attrs.get(MODELS_DROPPED_ATTR, {})
             best = [t for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                    if "artifact_solver" in t.user_attrs]
+                    if "artifact_solver" in t.user_attrs and str(t.number) not in dropped]
             self._best = min(((sign * t.value, t.number) for t in best), default=(math.inf, -1))
         if sign * value >= self._best[0]:
             return False
@@ -306,7 +317,10 @@ class StudySearch(Searcher):
                 artifact_id = frozen.user_attrs.get(key)
                 if artifact_id:
                     self._artifacts.remove(artifact_id)
-            self._trial(old).set_user_attr("model_dropped", "keep_models: best (a better trial took its place)")
+            # a finished trial's attributes are frozen: the study records which models are gone
+            dropped = dict(self.study.user_attrs.get(MODELS_DROPPED_ATTR, {}))
+            dropped[str(old)] = f"keep_models: best (trial {number} took its place)"
+            self.study.set_user_attr(MODELS_DROPPED_ATTR, dropped)
         return True
 
     def _store_artifacts(self, trial: optuna.Trial, checkpoint, values: list[float] | None) -> None:

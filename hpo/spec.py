@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 
@@ -31,9 +31,11 @@ TASK_PREFIX = "task."  # a space key "task.seed" names the task argument, not BM
 TOP_LEVEL = (
     "study", "task", "task_args", "fixed", "space", "objective", "sampler", "scheduler",
     "trials", "concurrency", "resources", "time_budget", "storage", "results_dir", "artifacts", "max_retries",
-    "checkpoint_every", "keep_models", "init_from", "driver_lease", "storage_retry_window",
+    "checkpoint_every", "keep_models", "init_from", "driver_lease", "storage_retry_window", "seed_from",
 )
 KEEP_MODELS = ("all", "best", "none")
+GP_MAX_VALUES = 10_000_000  # values of one discrete parameter Optuna's GPSampler can list (8 bytes each)
+TORCH_SEEDS = 2**64  # torch.manual_seed takes seeds below this
 
 
 @dataclass(frozen=True)
@@ -114,6 +116,7 @@ class JobSpec:
     init_from: str | dict | None = None  # a solver file, or {study, trial}, whose ω every trial starts from
     driver_lease: float = 30.0  # seconds a dead driver's study stays locked against another driver
     storage_retry_window: float = 300.0  # seconds writes to an unreachable storage are retried before the job stops
+    seed_from: dict | None = None  # {study, k, storage}: a new study starts with the best k trials of another
 
     @property
     def multi_objective(self) -> bool:
@@ -130,7 +133,13 @@ class JobSpec:
 
 
 def _fail(where: str, message: str) -> SpecError:
+    if "\n" in message or "\r" in message:  # one line, also for a task's or a library's own message
+        message = " ".join(line.strip() for line in message.splitlines() if line.strip())
     return SpecError(f"{where}: {message}")
+
+
+def _scalar(v) -> bool:
+    return v is None or isinstance(v, (bool, int, float, str))
 
 
 def _is_int(v) -> bool:
@@ -195,6 +204,8 @@ def _param(name: str, raw) -> Param:
     when = {}
     for parent, values in _mapping(f"{where}.when", raw.get("when")).items():
         when[parent] = tuple(values) if isinstance(values, list) else (values,)
+        if not all(_scalar(v) for v in when[parent]):  # compared with sampled values, and put in sets
+            raise _fail(f"{where}.when.{parent}", f"must be a value or a list of values, got {values!r}")
     if kind == "categorical":
         extra = sorted(set(raw) & {"low", "high", "log", "step"})
         if extra:
@@ -205,6 +216,9 @@ def _param(name: str, raw) -> Param:
         for c in choices:
             if not (c is None or isinstance(c, (bool, int, float, str))):
                 raise _fail(f"{where}.choices", f"must hold scalars, got {c!r}")
+        for i, c in enumerate(choices):  # Optuna finds a choice by ==, so 1, 1.0 and true are one choice to it
+            if any(c == d for d in choices[:i]):
+                raise _fail(f"{where}.choices", f"must be distinct (1, 1.0 and true count as the same), got {choices!r}")
         return Param(name, kind, choices=tuple(choices), when=when)
     if "choices" in raw:
         raise _fail(f"{where}.choices", f"does not apply to a {kind} parameter")
@@ -219,6 +233,8 @@ def _param(name: str, raw) -> Param:
         step = _number(f"{where}.step", raw["step"], positive=True) if raw.get("step") is not None else None
     if low > high:
         raise _fail(where, f"low <= high must hold, got low={low!r}, high={high!r}")
+    if kind == "float" and not math.isfinite(high - low):  # Optuna's samplers draw in [low, high): overflow
+        raise _fail(where, f"high - low must be a finite number, got low={low!r}, high={high!r}")
     log = raw.get("log", False)
     if not isinstance(log, bool):
         raise _fail(f"{where}.log", f"must be true or false, got {log!r}")
@@ -227,6 +243,59 @@ def _param(name: str, raw) -> Param:
     if log and step is not None:
         raise _fail(where, "log and step cannot be combined")
     return Param(name, kind, low=low, high=high, log=log, step=step, when=when)
+
+
+def _ends(p: Param) -> list:
+    """The values of ``p`` a check tries: its choices, or the ends of its range (as Optuna suggests them: a float
+    parameter's are floats, also where the spec wrote 0 and 4)."""
+    if p.type == "categorical":
+        return list(p.choices)
+    return [float(p.low), float(p.high)] if p.type == "float" else [p.low, p.high]
+
+
+class _Steps(NamedTuple):
+    """The fewest and most outer steps a trial can have, and where the spec says so."""
+
+    low: int
+    high: int
+    field: str
+    low_where: str
+    high_where: str
+
+
+def _outer_steps_range(fixed: dict, space: tuple[Param, ...]) -> _Steps | None:
+    """The trials' outer_steps as the driver reads them (``hpo.driver._outer_steps``), when they are integers
+    in the spec; None when the spec leaves them to BMOConfig's default or gives no integer (BMOConfig says why)."""
+    for p in space:
+        if p.name != "outer_steps":
+            continue
+        if p.type == "int":
+            return _Steps(p.low, p.high, "space.outer_steps", "space.outer_steps.low", "space.outer_steps.high")
+        if p.type == "categorical" and all(_is_int(c) for c in p.choices):
+            return _Steps(min(p.choices), max(p.choices), "space.outer_steps",
+                          "min(space.outer_steps.choices)", "max(space.outer_steps.choices)")
+        return None
+    v = fixed.get("outer_steps")
+    return _Steps(v, v, "fixed.outer_steps", "fixed.outer_steps", "fixed.outer_steps") if _is_int(v) else None
+
+
+def _fit_scheduler(grace: int, grace_set: bool, max_t: int | None, steps: _Steps | None) -> int:
+    """ASHA's grace period within the trial budget (max_t, else the most outer steps a trial has): Ray asserts
+    grace_period <= max_t. A default grace period is lowered to the budget; one the user set is an error."""
+    if max_t is not None and steps is not None and max_t < steps.low:
+        raise _fail("scheduler.max_t", f"must be >= the trials' outer_steps ({steps.low_where} = {steps.low}): ASHA stops "
+                                       f"a trial at max_t, before its last step, so none would complete; got {max_t}")
+    if max_t is not None:
+        budget, where = max_t, "scheduler.max_t"
+    elif steps is not None:
+        budget, where = steps.high, steps.high_where
+    else:
+        return grace  # BMOConfig's default outer_steps: check_against_task
+    if grace <= budget:
+        return grace
+    if grace_set:
+        raise _fail("scheduler.grace_period", f"must be <= the trial budget ({where} = {budget}), got {grace}")
+    return budget
 
 
 def _objectives(raw) -> tuple[Objective, ...]:
@@ -272,6 +341,20 @@ def _init_from(v) -> str | dict | None:
     raise _fail("init_from", f"must be a solver file or {{study: NAME, trial: N}}, got {v!r}")
 
 
+def _seed_from(v) -> dict | None:
+    if v is None:
+        return None
+    if isinstance(v, str) and v:
+        v = {"study": v}
+    v = _mapping("seed_from", v, ("study", "k", "storage"))
+    if not isinstance(v.get("study"), str) or not v["study"]:
+        raise _fail("seed_from.study", f"must be a study name, got {v.get('study')!r}")
+    k = _integer("seed_from.k", v.get("k", 5), minimum=1)
+    if v.get("storage") is not None:
+        _storage_url(v["storage"])
+    return {"study": v["study"], "k": k, **({"storage": v["storage"]} if v.get("storage") else {})}
+
+
 def parse_spec(data: Any, *, source: str = "spec") -> JobSpec:
     """Validate a spec already read into Python data (a mapping) and return a ``JobSpec``."""
     if not isinstance(data, dict):
@@ -302,11 +385,19 @@ def parse_spec(data: Any, *, source: str = "spec") -> JobSpec:
     overlap = sorted(set(names) & set(fixed))
     if overlap:
         raise _fail(f"fixed.{overlap[0]}", "is also in space; a key is either fixed or searched")
+    steps = _outer_steps_range(fixed, space)  # None: BMOConfig's default (checked in check_against_task) or not an int
+    if steps is not None and steps.low < 1:  # BMOConfig takes 0, but a trial of 0 steps has no result to report
+        raise _fail(steps.field, f"must be >= 1 (a trial trains at least one outer step), got {steps.low_where} = {steps.low}")
 
     sampler_raw = _mapping("sampler", data.get("sampler"), ("name", "seed", "n_startup_trials"))
     seed = sampler_raw.get("seed", 0)
     if seed is not None:
         _integer("sampler.seed", seed, minimum=0)
+        n_trials = data.get("trials", 16)
+        n_trials = n_trials if _is_int(n_trials) and n_trials >= 1 else 1
+        if seed > 2**32 - n_trials:  # numpy's seeds are < 2**32; a resumed run seeds with seed + the trials done
+            raise _fail("sampler.seed", f"must be <= 2**32 - trials = {2**32 - n_trials} (Optuna's samplers take seeds "
+                                        f"below 2**32, and a resumed run adds the trials done), got {seed}")
     sampler_name = _choice("sampler.name", sampler_raw.get("name", "tpe"), SAMPLERS)
     startup = sampler_raw.get("n_startup_trials")
     if startup is not None:
@@ -314,24 +405,43 @@ def parse_spec(data: Any, *, source: str = "spec") -> JobSpec:
         if sampler_name not in STARTUP_SAMPLERS:
             raise _fail("sampler.n_startup_trials", f"applies to {', '.join(STARTUP_SAMPLERS)}, not to {sampler_name!r}")
     sampler = Sampler(sampler_name, seed, startup)
+    if sampler_name == "gp":  # Optuna's GPSampler lists every value of a discrete parameter (an array of that size)
+        for p in space:
+            if p.type == "int" or p.step is not None:
+                count = math.floor((p.high - p.low) / (p.step or 1)) + 1
+                if count > GP_MAX_VALUES:
+                    raise _fail(f"space.{p.name}", f"the gp sampler lists every value of an int or stepped parameter: "
+                                                   f"at most {GP_MAX_VALUES}, got {count} (a larger step, or another "
+                                                   f"sampler)")
 
     sched_raw = data.get("scheduler", {"name": "asha"})
     sched_raw = _mapping("scheduler", sched_raw, ("name", "grace_period", "max_t", "reduction_factor"))
     sched_name = _choice("scheduler.name", sched_raw.get("name", "asha"), SCHEDULERS)
-    grace = _integer("scheduler.grace_period", sched_raw.get("grace_period", 10), minimum=1)
+    grace_set = sched_raw.get("grace_period") is not None  # a default grace period adapts to a shorter budget
+    grace = _integer("scheduler.grace_period", sched_raw.get("grace_period", Scheduler.grace_period), minimum=1)
     max_t = sched_raw.get("max_t")
     if max_t is not None:
         max_t = _integer("scheduler.max_t", max_t, minimum=1)
-        if max_t < grace:
+        if max_t < grace and grace_set:
             raise _fail("scheduler", f"grace_period <= max_t must hold, got grace_period={grace}, max_t={max_t}")
     rf = _number("scheduler.reduction_factor", sched_raw.get("reduction_factor", 3), positive=True)
     if rf <= 1:
         raise _fail("scheduler.reduction_factor", f"must be > 1, got {rf!r}")
+    if sched_name == "asha":
+        grace = _fit_scheduler(grace, grace_set, max_t, steps)
+    elif max_t is not None and not grace_set:
+        grace = min(grace, max_t)
     scheduler = Scheduler(sched_name, grace, max_t, rf)
 
     objectives = _objectives(data.get("objective"))
     if objectives[0].value == "averaged" and not ("average" in fixed or "average" in names):
         raise _fail("objective.value", "averaged needs the decay of ω's moving average: set fixed.average (e.g. 0.99)")
+    if objectives[0].value == "averaged":  # average = 0 keeps no average, so a trial would report no val_avg_*
+        ends = [fixed["average"]] if "average" in fixed else _ends(space[names.index("average")])
+        zero = next((v for v in ends if _is_number(v) and v <= 0), None)
+        if zero is not None:
+            where = "fixed.average" if "average" in fixed else "space.average"
+            raise _fail(where, f"objective value averaged needs a moving average of ω (0 < average < 1, e.g. 0.99), got {zero!r}")
     if len(objectives) > 1 and scheduler.name != "none":
         raise _fail("scheduler", "a multi-objective study cannot be pruned by ASHA; set scheduler: {name: none}")
     if len(objectives) > 1 and sampler.name in ("gp", "cmaes"):
@@ -347,6 +457,8 @@ def parse_spec(data: Any, *, source: str = "spec") -> JobSpec:
         raise _fail("resources.gpu", f"a share of one GPU (<= 1) or a whole number of GPUs, got {resources.gpu!r}")
     if 0 < resources.gpu < 1e-4:
         raise _fail("resources.gpu", f"Ray counts GPU shares in steps of 0.0001, got {resources.gpu!r}")
+    if resources.cpu < 1e-4:
+        raise _fail("resources.cpu", f"Ray counts CPU shares in steps of 0.0001, got {resources.cpu!r}")
     time_budget = data.get("time_budget")
     if time_budget is not None:
         time_budget = _number("time_budget", time_budget, positive=True)
@@ -359,6 +471,7 @@ def parse_spec(data: Any, *, source: str = "spec") -> JobSpec:
     init_from = _init_from(data.get("init_from"))
     driver_lease = _number("driver_lease", data.get("driver_lease", 30.0), positive=True)
     retry_window = _number("storage_retry_window", data.get("storage_retry_window", 300.0), nonnegative=True)
+    seed_from = _seed_from(data.get("seed_from"))
     artifacts = data.get("artifacts", True)
     if not isinstance(artifacts, bool):
         raise _fail("artifacts", f"must be true or false, got {artifacts!r}")
@@ -371,6 +484,7 @@ def parse_spec(data: Any, *, source: str = "spec") -> JobSpec:
         init_from=init_from,
         driver_lease=driver_lease,
         storage_retry_window=retry_window,
+        seed_from=seed_from,
         study=study.strip(),
         task=task,
         task_args=dict(_mapping("task_args", data.get("task_args"))),
@@ -437,6 +551,48 @@ def apply_override(data: dict, dotted: str, value) -> bool:
     return False
 
 
+def _error_text(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+
+
+def _naming(message: str, values: dict) -> str:
+    """``message`` (a task's, or torch's), with the values tried when it names none of them."""
+    if not values or any(f"{k}=" in message for k in values):
+        return message
+    return f"{message} (with {', '.join(f'{k}={v!r}' for k, v in values.items())})"
+
+
+def _range(spec: JobSpec, name: str, default) -> tuple[Any, Any, str, str, bool]:
+    """(lowest, highest, where the lowest is set, where the highest is, searched) of a BMOConfig field."""
+    for p in spec.space:
+        if p.name == name:
+            if p.type == "categorical":
+                return min(p.choices), max(p.choices), f"min(space.{name}.choices)", f"max(space.{name}.choices)", True
+            return p.low, p.high, f"space.{name}.low", f"space.{name}.high", True
+    where = f"fixed.{name}" if name in spec.fixed else f"BMOConfig's default {name}"
+    return default, default, where, where, False
+
+
+def _check_truncate(spec: JobSpec, config) -> None:
+    """BMOConfig's truncate <= K (hypergrad=truncated) across the space. Both searched: some pair must fit (Optuna
+    cannot tie them; a trial drawn outside fails); one searched: its whole range must fit the other's fixed value."""
+    hypergrads = next((p.choices for p in spec.space if p.name == "hypergrad"), (config.hypergrad,))
+    if "truncated" not in hypergrads:
+        return
+    t_low, t_high, t_low_at, t_high_at, t_searched = _range(spec, "truncate", config.truncate)
+    k_low, k_high, k_low_at, k_high_at, k_searched = _range(spec, "K", config.K)
+    if t_low > k_high:
+        where = "space.truncate" if t_searched else "space.K" if k_searched else "space.hypergrad"
+        raise _fail(where, f"truncate <= K must hold for hypergrad=truncated, got truncate >= {t_low} ({t_low_at}) "
+                           f"and K <= {k_high} ({k_high_at})")
+    if t_searched and not k_searched and t_high > k_high:
+        raise _fail("space.truncate", f"must be <= K = {k_high} ({k_high_at}) for hypergrad=truncated, "
+                                      f"got {t_high_at} = {t_high}")
+    if k_searched and not t_searched and k_low < t_low:
+        raise _fail("space.K", f"must be >= truncate = {t_low} ({t_low_at}) for hypergrad=truncated, "
+                               f"got {k_low_at} = {k_low}")
+
+
 def check_against_task(spec: JobSpec) -> list[str]:
     """Check the spec against BMOConfig and the task (imports torch); return the task's metric names.
 
@@ -455,6 +611,8 @@ def check_against_task(spec: JobSpec) -> list[str]:
         resolve_task(spec.task)
     except ValueError as e:
         raise _fail("task", str(e)) from None
+    except Exception as e:  # a user's module that fails to import (not an ImportError), a relative module name
+        raise _fail("task", f"cannot load {spec.task!r}: {_error_text(e)}") from None
     task_args = task_parameters(spec.task)
     fields = {f.name for f in dataclasses.fields(BMOConfig)}
     for key in spec.fixed:
@@ -470,30 +628,57 @@ def check_against_task(spec: JobSpec) -> list[str]:
             raise _fail(f"space.{p.name}", f"is neither a BMOConfig field nor an argument of task {spec.task!r}")
     try:
         config = BMOConfig.from_dict(spec.fixed)
-    except ValueError as e:
+    except (ValueError, TypeError) as e:
         raise _fail("fixed", str(e)) from None
     for p in spec.space:
         if p.name not in fields:
             continue
-        ends = p.choices if p.type == "categorical" else (p.low, p.high)
-        for value in ends:
+        for value in _ends(p):
             try:
                 dataclasses.replace(config, **{p.name: value})
-            except ValueError as e:
+            except (ValueError, TypeError) as e:
                 if p.name == "truncate" and "truncate must be <=" in str(e):
-                    continue  # checked per trial against the sampled K
+                    continue  # against K: _check_truncate
                 raise _fail(f"space.{p.name}", str(e)) from None
+    _check_truncate(spec, config)
+    seeds = [("fixed.seed", config.seed)] + [("space.seed", v) for p in spec.space if p.name == "seed" for v in _ends(p)]
+    for where, value in seeds:
+        if value >= TORCH_SEEDS:
+            raise _fail(where, f"must be < 2**64 (torch.manual_seed takes no larger seed), got {value}")
+    if spec.scheduler.name == "asha":  # the trial budget, now with BMOConfig's default outer_steps
+        steps = _outer_steps_range(spec.fixed, spec.space) or _Steps(
+            config.outer_steps, config.outer_steps, "fixed.outer_steps", *["BMOConfig's default outer_steps"] * 2)
+        _fit_scheduler(spec.scheduler.grace_period, True, spec.scheduler.max_t, steps)
     try:
         problem = make_problem(spec.task, spec.task_args)
     except (ValueError, TypeError) as e:
-        raise _fail("task_args", str(e)) from None
+        raise _fail("task_args", _naming(str(e), spec.task_args)) from None
+    except Exception as e:  # e.g. torch refusing a size or a seed: the task cannot be built with these arguments
+        raise _fail("task_args", _naming(f"task {spec.task!r} cannot be built: {_error_text(e)}", spec.task_args)) from None
+    searched_args = [p for p in spec.space if p.name not in fields]
+    for p in searched_args:  # each end of a task argument's range must build the task (as fixed values must)
+        bare = p.name[len(TASK_PREFIX):] if p.name.startswith(TASK_PREFIX) else p.name
+        for value in _ends(p):
+            try:
+                make_problem(spec.task, {**spec.task_args, bare: value})
+            except (ValueError, TypeError) as e:
+                raise _fail(f"space.{p.name}", _naming(str(e), {bare: value})) from None
+            except Exception as e:
+                message = f"task {spec.task!r} cannot be built: {_error_text(e)}"
+                raise _fail(f"space.{p.name}", _naming(message, {bare: value})) from None
+    if spec.objectives[0].value == "averaged" and not searched_args and not any(q.requires_grad for q in problem.parameters()):
+        raise _fail("objective.value", f"averaged needs ω to train, but task {spec.task!r} with these task_args has no "
+                                       "trainable parameters")
     if spec.task not in TASKS:  # a user's own problem (the shipped tasks have their tests): the conformance checks
         error = interface_error(lambda: make_problem(spec.task, spec.task_args), config)
         if error is not None:
             raise _fail("task", f"{spec.task} fails the conformance check {error} (`hpo check {spec.task}` runs every check)")
-    batch = next(iter(problem.batches("val")))
-    u, _ = evaluate_solve(problem, batch, config, K=1)
-    metrics = sorted([*problem.metrics(u, batch), "fp_residual"])
+    try:
+        batch = next(iter(problem.batches("val")))
+        u, _ = evaluate_solve(problem, batch, config, K=1)
+        metrics = sorted([*problem.metrics(u, batch), "fp_residual"])
+    except Exception as e:  # what every trial would meet at its first validation
+        raise _fail("task", f"{spec.task!r} fails a first solve with these task_args and fixed values: {_error_text(e)}") from None
     for i, o in enumerate(spec.objectives):
         if o.metric not in metrics:
             where = "objective" if len(spec.objectives) == 1 else f"objective[{i}]"

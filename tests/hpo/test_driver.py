@@ -246,10 +246,13 @@ def test_keep_models_best_keeps_one_solver_and_init_from_starts_a_study_from_it(
     run_job(spec, out=lambda line: None)
     trials = _study(spec).get_trials()
     best = _study(spec).best_trial
-    assert [t.number for t in trials if "artifact_solver" in t.user_attrs and "model_dropped" not in t.user_attrs] == [best.number]
+    dropped = _study(spec).user_attrs.get("bmo_hpo_models_dropped", {})
+    assert [t.number for t in trials if "artifact_solver" in t.user_attrs and str(t.number) not in dropped] == [best.number]
     for t in trials:  # a model given up by an earlier best is gone from the artifact store
-        if "model_dropped" in t.user_attrs:
+        if str(t.number) in dropped:
             assert not (tmp_path / "artifacts" / t.user_attrs["artifact_solver"]).exists()
+            proc = run_cli("model", "base", "--trial", str(t.number), "--storage", spec.storage)
+            assert proc.returncode == 2 and "has no trained solver any more (keep_models: best" in proc.stderr
     assert (tmp_path / "artifacts" / best.user_attrs["artifact_solver"]).exists()
 
     tuned = load_spec(write_spec(tmp_path, name="tuned.yaml", study="tuned", trials=1,
@@ -379,3 +382,30 @@ def test_a_long_study_runs_as_several_tune_runs_and_asha_carries_over(tmp_path, 
     assert len(trials) == 7 and result.complete + result.pruned == 7 and result.pruned >= 1
     assert len({t.user_attrs["ray_trial_id"] for t in trials}) == 7
     assert len(list((tmp_path / "ray").glob("t-*"))) == 3  # three Tune experiments, one study
+
+
+def test_seed_from_queues_another_studys_best_configurations_clipped_or_dropped(tmp_path, ray_address):
+    hypergrad = {"type": "categorical", "choices": ["unroll", "implicit", "jfb"]}
+    source = load_spec(write_spec(tmp_path, study="source", trials=4, sampler={"name": "random", "seed": 1},
+                                  space={**BASE_SPEC["space"], "hypergrad": hypergrad}))
+    run_job(source, out=lambda line: None)
+    space = {"mu": {"type": "float", "low": 0.0, "high": 0.1}, "gamma": BASE_SPEC["space"]["gamma"],
+             "hypergrad": {"type": "categorical", "choices": ["unroll", "jfb"]}}
+    target = write_spec(tmp_path, name="target.yaml", study="target", trials=4, space=space)
+    proc = run_cli("run", str(target), "--seed-from", "source", "--address", ray_address, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    best_first = sorted(_study(source).get_trials(), key=lambda t: t.value)
+    kept = [t for t in best_first if t.params["hypergrad"] != "implicit"]
+    assert len(kept) < 4 and any(t.params["mu"] > 0.1 for t in kept)  # both cases happen with this seed
+    for t in best_first:
+        if t.params["hypergrad"] == "implicit":
+            assert f"seed_from: trial {t.number} of 'source' dropped: hypergrad='implicit' is not among the choices" in proc.stdout
+        elif t.params["mu"] > 0.1:
+            assert f"seed_from: trial {t.number} of 'source' (value {t.value:.5g}) queued, clipped: mu {t.params['mu']!r} -> 0.1" in proc.stdout
+    seeded = optuna.load_study(study_name="target", storage=source.storage).get_trials()[: len(kept)]
+    for t, s in zip(seeded, kept):  # the first trials are the source's best, fitted to the space
+        assert t.user_attrs["seeded_from"] == f"source#{s.number}"
+        assert t.params == {**s.params, "mu": min(s.params["mu"], 0.1)}
+    missing = write_spec(tmp_path, name="missing.yaml", study="other", seed_from="nope")
+    proc = run_cli("run", str(missing), "--address", ray_address, cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.startswith("hpo: error: seed_from.study: no study 'nope'"), proc.stderr
