@@ -10,6 +10,7 @@ arguments, the objective metric) are in ``check_against_task``.
 from __future__ import annotations
 
 import math
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -36,6 +37,7 @@ TOP_LEVEL = (
 KEEP_MODELS = ("all", "best", "none")
 GP_MAX_VALUES = 10_000_000  # values of one discrete parameter Optuna's GPSampler can list (8 bytes each)
 TORCH_SEEDS = 2**64  # torch.manual_seed takes seeds below this
+STUDY_MAX_BYTES = 200  # Ray Tune names a directory "<study>-<date>-<time>[-partN]", at most 255 bytes
 
 
 @dataclass(frozen=True)
@@ -366,6 +368,11 @@ def parse_spec(data: Any, *, source: str = "spec") -> JobSpec:
     study = data.get("study")
     if not isinstance(study, str) or not study.strip():
         raise _fail("study", f"must be a non-empty name, got {study!r}")
+    if any(unicodedata.category(c) == "Cc" for c in study):  # a NUL cannot be in Ray Tune's directory name
+        raise _fail("study", f"must not hold control characters, got {study!r}")
+    if len(study.strip().encode()) > STUDY_MAX_BYTES:  # Ray Tune's experiment directory is named after it
+        raise _fail("study", f"must be at most {STUDY_MAX_BYTES} bytes (UTF-8; it names the Ray Tune experiment's "
+                             f"directory), got {len(study.strip().encode())}")
     task = data.get("task")
     if not isinstance(task, str) or not task:
         raise _fail("task", f"must be a registry name or 'module:Class', got {task!r}")
