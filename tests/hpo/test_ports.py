@@ -184,9 +184,13 @@ def test_local_cluster_listens_on_loopback_only_and_keeps_its_token_private(tmp_
         assert "generated a Ray authentication token" in out
         assert stat.S_IMODE(token.stat().st_mode) == 0o600
 
-        status = subprocess.run(["bash", str(LOCAL_SH), "status"], env=cluster.env(), capture_output=True, text=True,
-                                timeout=120)
-        assert status.returncode == 0 and "Active" in status.stdout, status.stdout + status.stderr
+        def status():  # Ray's status shows up a few seconds after `up` on a loaded machine
+            done = subprocess.run(["bash", str(LOCAL_SH), "status"], env=cluster.env(), capture_output=True, text=True,
+                                  timeout=120)
+            assert done.returncode == 0, done.stdout + done.stderr
+            return "Active" in done.stdout
+
+        wait_for(status, 90, interval=2, what="the cluster's status (Active nodes)")
 
         spec = write_spec(tmp_path, fixed=LONG, trials=1, concurrency=1)
         driver = subprocess.Popen([sys.executable, "-m", "hpo.cli", "run", str(spec), "--address", cluster.address],
