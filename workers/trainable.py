@@ -20,7 +20,6 @@ The only module of ``workers`` that imports Ray; the keys it reports are ``worke
 
 from __future__ import annotations
 
-import json
 import math
 import socket
 import tempfile
@@ -203,7 +202,6 @@ def trainable(params: dict[str, Any], *, job: dict[str, Any]) -> None:
         if job.get("artifacts", False):
             metric = objectives[0][0].removeprefix("val_best_").removeprefix("val_avg_").removeprefix(P.VAL_PREFIX)
             write_figures(directory, problem, config, history, metric)
-        (directory / "history.json").write_text(json.dumps(history))
 
     try:
         if job.get("init_from") and start is None:  # a fine-tuned trial's first report: the solver it starts from
