@@ -15,6 +15,7 @@ import json
 import math
 import os
 import signal
+import statistics
 import threading
 import time
 from collections.abc import Callable
@@ -33,7 +34,7 @@ from hpo.ray_cluster import check_resources, check_results_dir, connect_ray
 from hpo.resume import SPEC_ATTR, prepare_study, spec_fingerprint
 from hpo.search import StudySearch, lost_reason
 from hpo.seeding import seed_study, source_study
-from hpo.space import define_by_run, make_sampler
+from hpo.space import define_by_run, make_sampler, startup_trials
 from hpo.spec import DEFAULT_STORAGE, JobSpec, check_against_task
 from hpo.storage import check_storage, open_artifact_store, open_storage
 from hpo.writer import StorageWriter
@@ -55,6 +56,8 @@ class JobResult:
     running: int = 0  # left resumable by an interrupted run
     interrupted: bool = False
     best: list[dict] = field(default_factory=list)  # [{"number", "values", "params"}]
+    metric: str = ""  # the (first) objective's metric
+    median: float | None = None  # median value of the complete trials (single objective)
 
 
 class TrialWatch(Callback):
@@ -129,6 +132,17 @@ def _outer_steps(spec: JobSpec) -> int:
             return int(p.high if p.type != "categorical" else max(p.choices))
     return int(spec.fixed.get("outer_steps", BMOConfig.outer_steps))
 
+
+
+def _startup_note(spec: JobSpec, finished: int) -> str:
+    """How many of the study's first trials the sampler draws at random before it models the results."""
+    startup = startup_trials(spec.sampler.name, spec.sampler.n_startup_trials)
+    if startup is None:
+        return ""
+    left = max(0, startup - finished)
+    if left == 0:
+        return f" ({spec.sampler.name}: past its {startup} random start-up trials)"
+    return f" ({spec.sampler.name}: {left} random start-up trials, then guided by the results)"
 
 
 def _quiet_libraries() -> None:
@@ -242,7 +256,8 @@ def _run(spec: JobSpec, storage, resume: bool, take: Callable[[optuna.Study], No
             reduction_factor=spec.scheduler.reduction_factor,
         )
     again = f", continuing {len(continuing)}" if continuing else ""
-    out(f"study {spec.study!r} in {spec.storage}: running {new} new trials{again}, {spec.concurrency} at a time")
+    out(f"study {spec.study!r} in {spec.storage}: running {new} new trials{again}, {spec.concurrency} at a time"
+        f"{_startup_note(spec, finished)}")
     interrupt = Interrupt(search, writer, out)
     try:
         _fit(spec, search, scheduler, TrialWatch(search, progress, spec.max_retries), interrupt, new + len(continuing))
@@ -338,9 +353,12 @@ def summarize(spec: JobSpec, storage, result: JobResult) -> JobResult:
     result.pruned = sum(t.state == TrialState.PRUNED for t in trials)
     result.failed = sum(t.state == TrialState.FAIL for t in trials)
     result.running = sum(t.state == TrialState.RUNNING for t in trials)
+    result.metric = spec.objectives[0].metric
     if result.complete:
         best = study.best_trials if spec.multi_objective else [study.best_trial]
         result.best = [{"number": t.number, "values": t.values, "params": t.params} for t in best]
+        if not spec.multi_objective:
+            result.median = statistics.median(t.value for t in trials if t.state == TrialState.COMPLETE)
     return result
 
 
@@ -352,6 +370,9 @@ def print_result(result: JobResult, out: Callable[[str], None] = print, resume_c
         out("no trial completed")
     for b in result.best:
         out(f"best trial {b['number']}: values={b['values']} params={json.dumps(b['params'])}")
+    if result.median is not None and result.complete > 1:
+        out(f"best {result.metric}={result.best[0]['values'][0]:.4g} against a median of {result.median:.4g} "
+            f"over the {result.complete} complete trials")
     storage = "" if result.storage == DEFAULT_STORAGE else f" --storage {result.storage}"
     out(f"dashboard: hpo dashboard{storage}  (then open http://127.0.0.1:8080/dashboard)")
     if result.interrupted:

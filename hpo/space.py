@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -42,6 +43,18 @@ def define_by_run(spec: JobSpec) -> Callable[[optuna.Trial], None]:
                 values[p.name] = trial.suggest_float(p.name, dist.low, dist.high, step=dist.step, log=dist.log)
 
     return suggest
+
+
+_SAMPLER_CLASSES = {"tpe": "TPESampler", "gp": "GPSampler", "cmaes": "CmaEsSampler"}  # those with random start-up trials
+
+
+def startup_trials(name: str, n_startup_trials: int | None) -> int | None:
+    """How many random trials sampler ``name`` draws before it models the results (None: it never does)."""
+    if name not in _SAMPLER_CLASSES:
+        return None
+    if n_startup_trials is not None:
+        return n_startup_trials
+    return inspect.signature(getattr(optuna.samplers, _SAMPLER_CLASSES[name])).parameters["n_startup_trials"].default
 
 
 def make_sampler(name: str, seed: int | None, n_startup_trials: int | None = None) -> optuna.samplers.BaseSampler:

@@ -15,6 +15,7 @@ DEVICE = "device"
 NODE = "node"  # host name
 RAY_NODE = "ray_node"  # Ray node id (12 characters)
 GPUS = "gpus"  # the GPU ids Ray gave the trial
+CPU_SECONDS = "cpu_s"  # CPU seconds the trial's process spent on it so far (this attempt): its compute, on a busy machine too
 
 # --- a trial that ends without a usable value ----------------------------------------
 DIVERGED = "diverged"  # why the solve diverged during training (u, ω or the loss stopped being finite)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 import socket
 import tempfile
+import time
 import traceback
 from pathlib import Path
 from typing import Any
@@ -106,6 +107,12 @@ def load_state(checkpoint) -> tuple[TrainState, list[dict], Best]:
 def trainable(params: dict[str, Any], *, job: dict[str, Any]) -> None:
     """Train one BMO model with ``params`` (searched) over ``job`` (task, task_args, fixed, objectives, ...)."""
     torch.set_num_threads(job.get("threads", 1))
+    cpu_start = time.process_time()
+
+    def send(metrics: dict, checkpoint=None) -> None:
+        """``tune.report`` with the CPU seconds spent so far."""
+        tune.report({**metrics, P.CPU_SECONDS: time.process_time() - cpu_start}, checkpoint=checkpoint)
+
     params = dict(params)
     params.pop(P.OPTUNA_TRIAL, None)
     resume_from = params.pop(P.RESUME_FROM, None)
@@ -117,7 +124,7 @@ def trainable(params: dict[str, Any], *, job: dict[str, Any]) -> None:
             P.GPUS: [str(g) for g in ray.get_gpu_ids()]}  # the (logical) GPUs Ray gave this trial, shared when fractional
 
     def failed(message: str) -> None:
-        tune.report({**base, **_worst(objectives), P.TRIAL_ERROR: message, P.TRIAL_TRACEBACK: traceback.format_exc()[-4000:]})
+        send({**base, **_worst(objectives), P.TRIAL_ERROR: message, P.TRIAL_TRACEBACK: traceback.format_exc()[-4000:]})
 
     try:
         config = BMOConfig.from_dict(config_values)
@@ -163,11 +170,11 @@ def trainable(params: dict[str, Any], *, job: dict[str, Any]) -> None:
             out = {**base, **metrics, P.OUTER_STEP: step, P.DEVICE: str(problem.device)}
             state = pending.pop(step, None)
             if state is None:
-                tune.report(out)
+                send(out)
                 return
             with tempfile.TemporaryDirectory(prefix="bmo-ckpt-") as tmp:
                 save_state(Path(tmp), state, history, best)
-                tune.report(out, checkpoint=tune.Checkpoint.from_directory(tmp))
+                send(out, checkpoint=tune.Checkpoint.from_directory(tmp))
 
     def finish(metrics: dict[str, float], state: TrainState | None, average) -> None:
         """The last report: its checkpoint holds the state, the solver (the weights the objective is of),
@@ -188,7 +195,7 @@ def trainable(params: dict[str, Any], *, job: dict[str, Any]) -> None:
                         p.copy_(a)
             out.update({f"{P.REFINED_PREFIX}{k}": v for k, v in problem.learned_values().items()})
             write_solver(directory, out)
-            tune.report(out, checkpoint=tune.Checkpoint.from_directory(tmp))
+            send(out, checkpoint=tune.Checkpoint.from_directory(tmp))
 
     def write_solver(directory: Path, out: dict) -> None:
         """The final solver, its test metrics and the figures, into the last checkpoint."""
@@ -205,7 +212,7 @@ def trainable(params: dict[str, Any], *, job: dict[str, Any]) -> None:
 
     try:
         if job.get("init_from") and start is None:  # a fine-tuned trial's first report: the solver it starts from
-            tune.report({**base, **{f"{P.VAL_PREFIX}{k}": v for k, v in evaluate(problem, config, "val").items()},
+            send({**base, **{f"{P.VAL_PREFIX}{k}": v for k, v in evaluate(problem, config, "val").items()},
                          P.VAL_STEP: 0, P.DEVICE: str(problem.device)})
         # the last step always checkpoints: its checkpoint carries the solver
         result = train(problem, config, report=report, start=start, checkpoint=keep,
@@ -214,8 +221,8 @@ def trainable(params: dict[str, Any], *, job: dict[str, Any]) -> None:
             final.update(metrics={**start.val, **best.values, P.VAL_STEP: start.val_step, "seconds": start.seconds}, state=start)
         finish(final["metrics"], final["state"], result.average)
     except DivergenceError as e:
-        tune.report({**base, **_worst(objectives), P.OUTER_STEP: e.outer_step, P.DIVERGED: str(e)})
+        send({**base, **_worst(objectives), P.OUTER_STEP: e.outer_step, P.DIVERGED: str(e)})
     except _Unusable as e:
-        tune.report({**base, **_worst(objectives), P.OUTER_STEP: config.outer_steps, P.TRIAL_ERROR: str(e)})
+        send({**base, **_worst(objectives), P.OUTER_STEP: config.outer_steps, P.TRIAL_ERROR: str(e)})
     except Exception as e:  # a bug or a resource error in the task: reported, not raised (Tune would retry it)
         failed(f"{type(e).__name__}: {e}")

@@ -1,0 +1,50 @@
+"""The tuning benchmark's smoke run writes the JSON schema, the plot and the table the issue asks for."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+def test_quick_tuning_run_writes_methods_objectives_goal_and_plot(tmp_path):
+    out = tmp_path / "tuning.json"
+    proc = subprocess.run([sys.executable, "benchmarks/tuning.py", "--quick", "--output", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert (tmp_path / "tuning.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert set(result["methods"]) == {"random", "tpe+asha", "grid"}
+    for row in result["methods"].values():
+        assert set(row) == {"final_best_median", "reached", "seeds", "compute_to_target_median_s",
+                            "compute_total_median_s", "ratio_to_random"}
+        assert row["seeds"] == 1 and row["compute_total_median_s"] > 0
+    assert result["methods"]["random"]["reached"] == 1  # random search reaches its own best
+    assert result["methods"]["random"]["ratio_to_random"] == 1.0
+    assert set(result["objectives"]) == {"last", "best", "averaged"}
+    assert result["best_objective_value"] in {"last", "best", "averaged"}
+    assert list(result["goals"]) == ["tpe+asha reaches random search's best with <= 1/3 of its compute"]
+    for run in result["runs"]["methods"]["grid"]:
+        assert len(run["trials"]) == 3 and len({json.dumps(t["params"], sort_keys=True) for t in run["trials"]}) == 3
+    curve = result["runs"]["methods"]["random"][0]["curve"]
+    assert [c[0] for c in curve] == sorted(c[0] for c in curve)  # compute only grows
+    assert "target: random search's best" in proc.stdout and "goal tpe+asha" in proc.stdout
+
+
+def test_grid_points_cover_the_space_once_with_conditional_entries_only_where_they_apply():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from tuning import grid_points
+
+    space = {"a": {"type": "float", "low": 1e-3, "high": 1e-1, "log": True},
+             "h": {"type": "categorical", "choices": ["x", "t"]},
+             "k": {"type": "int", "low": 2, "high": 12, "when": {"h": "t"}}}
+    points = grid_points(space, seed=0)
+    assert len(points) == 3 * (1 + 3)  # k only where h == "t"
+    assert {round(p["a"], 9) for p in points} == {1e-3, 1e-2, 1e-1}
+    assert all(("k" in p) == (p["h"] == "t") for p in points)
+    assert sorted({p["k"] for p in points if "k" in p}) == [2, 7, 12]
+    assert grid_points(space, seed=0) == points and grid_points(space, seed=1) != points
