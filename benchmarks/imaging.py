@@ -7,9 +7,9 @@ SSIM per image for:
    noise 1% and 3% of the dynamic range), per noise level:
 
    - ``blurred``: the observation y itself;
-   - ``wiener``: ``workers.operators.wiener``, its ``reg`` chosen on the validation split
+   - ``wiener``: ``workers.baselines.wiener``, its ``reg`` chosen on the validation split
      (chelsea) from a log grid;
-   - ``tv``: ``workers.operators.tv_deconvolve`` (PDHG, 200 iterations), its ``lam`` tuned on
+   - ``tv``: ``workers.baselines.tv_deconvolve`` (PDHG, 200 iterations), its ``lam`` tuned on
      the validation split by Optuna (TPE, seed 0, lam log-uniform in [1e-4, 1e-1], objective
      validation PSNR): TV with its weight tuned by Optuna, the UNH view;
    - ``ena``: operator ``pnp_free`` (unconstrained residual CNN), mu=0, unrolled end to end;
@@ -89,8 +89,8 @@ import torch
 from machine import machine_info, torch_info  # benchmarks/machine.py (this folder is on sys.path when run as a script)
 
 from workers import BMOConfig, DivergenceError, evaluate, evaluate_solve, layer_metrics, make_problem, train
-from workers.operators import directional_derain, tv_deconvolve, wiener
-from workers.tasks.deconvolution import psnr, ssim
+from workers.baselines import directional_derain, tv_deconvolve, wiener
+from workers.metrics import psnr, ssim
 
 DEFAULT_K = 32  # inner steps of every learned method (--K)
 GAMMA = 2e-3  # Adam's step of the CNNs

@@ -16,6 +16,9 @@ Three splittings (``scheme``), each with a learned step τ and a learned denoise
   solution is not Huber-smoothed where the filters are tight. The iterate is not an image, so
   nothing is clamped in T; the estimate is x clamped to [0, 1].
 
+Each scheme is a small ``Splitting`` class (``ForwardBackward``, ``HalfQuadraticSplitting``,
+``DouglasRachford``), looked up once in ``SPLITTINGS`` by ``scheme``.
+
 Denoisers (``operator``):
 
 - ``operator="pnp_lipschitz"``: D averaged with a spectrally normalised (1-Lipschitz) CNN,
@@ -41,22 +44,23 @@ metrics ``psnr`` and ``ssim`` (scikit-image) of x̂.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
+from workers.baselines import wiener
 from workers.data import random_patches, split_images, training_images
-from workers.operators.blur import Blur, gaussian_kernel, motion_kernel, wiener
-from workers.operators.denoisers import CONVEX_BETA, ConvexRidgeDenoiser, LipschitzDenoiser, ResidualDenoiser, ThresholdMap
+from workers.metrics import psnr, ssim
+from workers.models import ConvexRidgeDenoiser, LipschitzDenoiser, ResidualDenoiser, ThresholdMap
+from workers.models.denoisers import CONVEX_BETA
+from workers.physics import Blur, gaussian_kernel, motion_kernel
 from workers.problem import Problem
 from workers.tasks._checks import check_choice, check_positive_ints
 
 OPERATORS = ("pnp_lipschitz", "pnp_convex", "pnp_free")
 NONEXPANSIVE = ("pnp_lipschitz", "pnp_convex")
-SCHEMES = ("fb", "hqs", "drs")
-PROX_SCHEMES = ("hqs", "drs")  # the data term by its prox (FFT: circular boundary only)
 KERNELS = ("gaussian", "motion")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 # The threshold map's learning rate as a multiple of the outer one: at 3% noise (drs, K=32, 6 minutes,
@@ -77,18 +81,132 @@ class ImageBatch:
     threshold_scales: dict = field(default_factory=dict)  # the adaptive model's map, cached per batch (``Deconvolution.threshold_scale``)
 
 
-def psnr(u: Tensor, x: Tensor) -> Tensor:
-    """Peak signal-to-noise ratio (dB) per image for data range 1."""
-    mse = ((u - x) ** 2).flatten(1).mean(1)
-    return 10 * torch.log10(1.0 / mse.clamp_min(1e-20))
+# splitting schemes ---------------------------------------------------------------------
 
 
-def ssim(u: Tensor, x: Tensor) -> list[float]:
-    """Structural similarity per image (scikit-image, data range 1)."""
-    from skimage.metrics import structural_similarity
+class Splitting:
+    """What a splitting scheme (``scheme``) decides in T: how τ is parametrised, the data step, how the
+    data step and the denoiser combine, and how the image is read out of the iterate.
 
-    a, b = u.detach().double().cpu().numpy(), x.detach().double().cpu().numpy()
-    return [float(structural_similarity(a[i, 0], b[i, 0], data_range=1.0)) for i in range(a.shape[0])]
+    This base is the image-iterate form T(u) = Proj_[0,1](D(data step(u))), the estimate u itself.
+    A splitting holds no state: τ's parameter ``step_logit`` and the denoiser stay on the problem, so
+    its ``state_dict`` has the same keys whatever the scheme.
+    """
+
+    #: τ·L must lie in (0, max_step); None: any τ·L > 0.
+    max_step: float | None = None
+    #: The data term by its prox, solved by FFT (circular boundary only).
+    prox = False
+    #: The operators the scheme works with, and why when that is not all of them.
+    operators = OPERATORS
+    operators_reason = ""
+
+    def default_step(self, operator: str) -> float:
+        """τ·L when the ``step`` argument is None."""
+        return 1.0
+
+    def step_logit(self, step: float) -> float:
+        """The initial value of ``step_logit`` for τ·L = ``step``."""
+        raise NotImplementedError
+
+    def step_size(self, logit: Tensor, L: float) -> Tensor:
+        """τ from its parameter ``logit``."""
+        raise NotImplementedError
+
+    def data_step(self, blur: Blur, u: Tensor, batch: ImageBatch, tau: Tensor) -> Tensor:
+        """The data-fidelity half of T for f = ½‖Au - y‖²."""
+        raise NotImplementedError
+
+    def prior_weight(self, weight: float) -> float:
+        """The Huber-TV weight the convex denoiser's βR starts at, so that the fixed point's regularizer
+        starts as Huber-TV of weight ``weight``."""
+        return weight
+
+    def combine(self, u: Tensor, x: Tensor, denoise: Callable[[Tensor], Tensor], denoiser: nn.Module) -> Tensor:
+        """T(u) from the iterate ``u`` and its data step ``x``: the denoised x, projected."""
+        return self.project(denoise(x))
+
+    def project(self, u: Tensor) -> Tensor:
+        """The box [0, 1]: the iterate is the image."""
+        return u.clamp(0.0, 1.0)
+
+    def estimate(self, problem: Deconvolution, u: Tensor, batch: ImageBatch) -> Tensor:
+        """The image: the iterate itself."""
+        return u
+
+    def upper_grad(self, problem: Deconvolution, u: Tensor, batch: ImageBatch) -> Tensor:
+        """∂_u ℓ per sample, in closed form: u - x."""
+        return u - batch.x
+
+
+class ForwardBackward(Splitting):
+    """``"fb"``: a gradient step on f, τ = (2/L)·sigmoid(t) inside (0, 2/L), where the step is averaged."""
+
+    max_step = 2.0
+
+    def step_logit(self, step: float) -> float:
+        return math.log(step / (2 - step))
+
+    def step_size(self, logit: Tensor, L: float) -> Tensor:
+        return 2.0 / L * torch.sigmoid(logit)
+
+    def data_step(self, blur: Blur, u: Tensor, batch: ImageBatch, tau: Tensor) -> Tensor:
+        return u - tau * blur.adjoint(blur(u) - batch.y)
+
+
+class _ProxSplitting(Splitting):
+    """The data step by the prox of τf, (AᵀA + I/τ)⁻¹(Aᵀy + u/τ), with τ = exp(t)/L: any τ > 0 keeps the
+    prox firmly nonexpansive."""
+
+    prox = True
+
+    def step_logit(self, step: float) -> float:
+        return math.log(step)
+
+    def step_size(self, logit: Tensor, L: float) -> Tensor:
+        return torch.exp(logit) / L
+
+    def data_step(self, blur: Blur, u: Tensor, batch: ImageBatch, tau: Tensor) -> Tensor:
+        if batch.adjoint_y is None:
+            batch.adjoint_y = blur.adjoint(batch.y)
+        return blur.normal_solve(batch.adjoint_y + u / tau, 1.0 / tau)
+
+
+class HalfQuadraticSplitting(_ProxSplitting):
+    """``"hqs"``: T = Proj ∘ D ∘ prox_τf. The convex model's step starts large (τL = 10: its R then weighs
+    like TV)."""
+
+    def default_step(self, operator: str) -> float:
+        return 10.0 if operator == "pnp_convex" else 1.0
+
+
+class DouglasRachford(_ProxSplitting):
+    """``"drs"``: relaxed Douglas–Rachford on z, x = prox_τf(z), T(z) = (2 - β)(z - x) + D(2x - z). The
+    iterate is not an image: nothing is projected, the estimate is x clamped, and ℓ's gradient goes
+    through the read-out (autograd)."""
+
+    operators = ("pnp_convex",)
+    operators_reason = "its reflection is nonexpansive only for D = I - β∇R with R convex"
+
+    def prior_weight(self, weight: float) -> float:
+        return weight * CONVEX_BETA  # the fixed point's regularizer is φ ≈ R, not βR
+
+    def combine(self, u: Tensor, x: Tensor, denoise: Callable[[Tensor], Tensor], denoiser: nn.Module) -> Tensor:
+        return (2 - denoiser.step().to(u.dtype)) * (u - x) + denoise(2 * x - u)
+
+    def project(self, u: Tensor) -> Tensor:
+        return u
+
+    def estimate(self, problem: Deconvolution, u: Tensor, batch: ImageBatch) -> Tensor:
+        return problem.data_step(u, batch).clamp(0.0, 1.0)
+
+    def upper_grad(self, problem: Deconvolution, u: Tensor, batch: ImageBatch) -> Tensor:
+        return Problem.upper_grad(problem, u, batch)
+
+
+SPLITTINGS: dict[str, type[Splitting]] = {"fb": ForwardBackward, "hqs": HalfQuadraticSplitting, "drs": DouglasRachford}
+SCHEMES = tuple(SPLITTINGS)
+PROX_SCHEMES = tuple(name for name, cls in SPLITTINGS.items() if cls.prox)  # the data term by its prox (FFT: circular only)
 
 
 class Deconvolution(Problem):
@@ -121,12 +239,14 @@ class Deconvolution(Problem):
         check_choice("deconvolution", "kernel", kernel, KERNELS)
         check_choice("deconvolution", "operator", operator, OPERATORS)
         check_choice("deconvolution", "scheme", scheme, SCHEMES)
-        if scheme in PROX_SCHEMES and boundary != "circular":
+        splitting = SPLITTINGS[scheme]()
+        if splitting.prox and boundary != "circular":
             raise ValueError(f"deconvolution: scheme={scheme!r} needs boundary='circular' (its prox is solved by FFT), "
                              f"got boundary={boundary!r}")
-        if scheme == "drs" and operator != "pnp_convex":
-            raise ValueError(f"deconvolution: scheme='drs' needs operator='pnp_convex' (its reflection is nonexpansive only "
-                             f"for D = I - β∇R with R convex), got operator={operator!r}")
+        if operator not in splitting.operators:
+            needs = " or ".join(repr(name) for name in splitting.operators)
+            raise ValueError(f"deconvolution: scheme={scheme!r} needs operator={needs} ({splitting.operators_reason}), "
+                             f"got operator={operator!r}")
         if not isinstance(adaptive, bool):
             raise ValueError(f"deconvolution: adaptive must be true or false, got adaptive={adaptive!r}")
         if adaptive and operator != "pnp_convex":
@@ -142,9 +262,9 @@ class Deconvolution(Problem):
         check_choice("deconvolution", "dtype", dtype, DTYPES)
         if not (isinstance(noise, (int, float)) and 0 <= noise < 1):
             raise ValueError(f"deconvolution: noise must be in [0, 1), got noise={noise!r}")
-        if step is None:  # τ·L: the convex model's HQS prox step starts large (its R then weighs like TV)
-            step = 10.0 if operator == "pnp_convex" and scheme == "hqs" else 1.0
-        if not (isinstance(step, (int, float)) and 0 < step and (step < 2 or scheme in PROX_SCHEMES)):
+        if step is None:  # τ·L
+            step = splitting.default_step(operator)
+        if not (isinstance(step, (int, float)) and 0 < step and (splitting.max_step is None or step < splitting.max_step)):
             raise ValueError(f"deconvolution: step (τ·L) must be in (0, 2) for scheme='fb' and > 0 for 'hqs' and 'drs', "
                              f"got step={step!r}")
         check_positive_ints("deconvolution", kernel_size=kernel_size, size=size, patch=patch, batch_size=batch_size)
@@ -160,18 +280,16 @@ class Deconvolution(Problem):
         shape = f"sigma {blur_sigma:g}" if kernel == "gaussian" else f"seed {seed}"
         self._degradation = f"{kernel} blur {kernel_size}x{kernel_size} ({shape}, {boundary} boundary), noise {100 * noise:g}%"
         self.noise, self.size, self.patch, self.batch_size, self.seed = float(noise), size, patch, batch_size, seed
-        self.operator_name, self.scheme = operator, scheme
+        self.operator_name, self.scheme, self.splitting = operator, scheme, splitting
         self.nonexpansive = operator in NONEXPANSIVE
         self.L = float(self.blur.lipschitz())
-        # fb: τ = (2/L)·sigmoid(t); hqs, drs: τ = exp(t)/L
-        t = math.log(step / (2 - step)) if scheme == "fb" else math.log(step)
-        self.step_logit = nn.Parameter(torch.tensor(t, dtype=dt))
+        self.step_logit = nn.Parameter(torch.tensor(splitting.step_logit(step), dtype=dt))
         if operator == "pnp_lipschitz":
             self.denoiser = LipschitzDenoiser(width=width, depth=depth, seed=seed).to(dt)
         elif operator == "pnp_convex":
             # The regularizer of the fixed point's problem (βR for hqs and fb, φ ≈ R beyond its quadratic
             # zone for drs) over τ starts as isotropic Huber-TV of weight λ = 0.1·noise
-            weight = 0.1 * max(self.noise, 1e-3) * step / self.L * (CONVEX_BETA if scheme == "drs" else 1.0)
+            weight = splitting.prior_weight(0.1 * max(self.noise, 1e-3) * step / self.L)
             self.denoiser = ConvexRidgeDenoiser(channels=width, kernel=7, tv_weight=weight, seed=seed, beta=CONVEX_BETA).to(dt)
         else:
             self.denoiser = ResidualDenoiser(width=width, depth=depth, seed=seed).to(dt)
@@ -224,18 +342,11 @@ class Deconvolution(Problem):
     def step_size(self) -> Tensor:
         """τ: (2/L)·sigmoid(t) for fb (inside (0, 2/L), where the gradient step is averaged);
         exp(t)/L for hqs and drs (any τ > 0 keeps the prox firmly nonexpansive)."""
-        if self.scheme == "fb":
-            return 2.0 / self.L * torch.sigmoid(self.step_logit)
-        return torch.exp(self.step_logit) / self.L
+        return self.splitting.step_size(self.step_logit, self.L)
 
     def data_step(self, u: Tensor, batch: ImageBatch) -> Tensor:
         """The data-fidelity half of T: a gradient step (fb) or the prox of τ·½‖Au - y‖² (hqs, drs)."""
-        tau = self.step_size()
-        if self.scheme == "fb":
-            return u - tau * self.blur.adjoint(self.blur(u) - batch.y)
-        if batch.adjoint_y is None:
-            batch.adjoint_y = self.blur.adjoint(batch.y)
-        return self.blur.normal_solve(batch.adjoint_y + u / tau, 1.0 / tau)
+        return self.splitting.data_step(self.blur, u, batch, self.step_size())
 
     def init(self, batch: ImageBatch) -> Tensor:
         """The Wiener estimate (regularization 100·noise², at least 1e-3), clamped: a cheap, good start
@@ -266,23 +377,21 @@ class Deconvolution(Problem):
     def operator(self, u: Tensor, batch: ImageBatch, k: int) -> Tensor:
         x = self.data_step(u, batch)
         denoise = self.denoiser if self.threshold_map is None else lambda v: self.denoiser(v, self.threshold_scale(batch))
-        if self.scheme == "drs":
-            return (2 - self.denoiser.step().to(u.dtype)) * (u - x) + denoise(2 * x - u)
-        return self.project(denoise(x), batch)
+        return self.splitting.combine(u, x, denoise, self.denoiser)
 
     def project(self, u: Tensor, batch: ImageBatch) -> Tensor:
         """The box [0, 1] (fb, hqs: the iterate is the image); nothing for drs (the iterate is z)."""
-        return u if self.scheme == "drs" else u.clamp(0.0, 1.0)
+        return self.splitting.project(u)
 
     def estimate(self, u: Tensor, batch: ImageBatch) -> Tensor:
         """The image: the iterate itself (fb, hqs), or prox_τf(z) clamped to [0, 1] (drs)."""
-        return self.data_step(u, batch).clamp(0.0, 1.0) if self.scheme == "drs" else u
+        return self.splitting.estimate(self, u, batch)
 
     def upper_loss(self, u: Tensor, batch: ImageBatch) -> Tensor:
         return 0.5 * ((self.estimate(u, batch) - batch.x) ** 2).flatten(1).sum(1).mean()
 
     def upper_grad(self, u: Tensor, batch: ImageBatch) -> Tensor:
-        return super().upper_grad(u, batch) if self.scheme == "drs" else u - batch.x
+        return self.splitting.upper_grad(self, u, batch)
 
     def metrics(self, u: Tensor, batch: ImageBatch) -> dict[str, float]:
         with torch.no_grad():  # drs reads the image out through τ, a parameter

@@ -23,7 +23,7 @@ the classical directional filter's split (``init="filter"``: B = ``directional_d
 R = O - B), as deconvolution starts from Wiener, or from the input (``init="rainy"``: B = O,
 R = 0).
 
-Data: seeded synthetic rain (``workers.operators.rain``: oriented streak layers of varied
+Data: seeded synthetic rain (``workers.data.rain``: oriented streak layers of varied
 density, length and angle) added to scikit-image's grayscale images, the splits of
 ``workers.data``. ℓ = ½‖B - x‖² + ½‖R - r‖² ("pair") or ½‖B - x‖² ("prox": with R = O - B the rain term is
 the same number again); metrics
@@ -40,12 +40,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from workers.data import random_patches, split_images, training_images
-from workers.operators.denoisers import ConvexRidgeDenoiser, LipschitzDenoiser, ResidualDenoiser
-from workers.operators.rain import add_rain, directional_derain
+from workers.baselines import directional_derain
+from workers.data import add_rain, random_patches, split_images, training_images
+from workers.metrics import psnr, ssim
+from workers.models import ConvexRidgeDenoiser, LipschitzDenoiser, ResidualDenoiser
 from workers.problem import Problem
 from workers.tasks._checks import check_choice, check_positive_ints
-from workers.tasks.deconvolution import psnr, ssim
 
 OPERATORS = ("lipschitz", "convex", "free")
 NONEXPANSIVE = ("lipschitz", "convex")

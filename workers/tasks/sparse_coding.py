@@ -13,7 +13,8 @@ Operators (``operator=``), all of the form u ↦ T(u, ω) with u the code estima
 - ``lista_tied``: free-form LISTA soft(W₁y + S u, θ), W₁ = Aᵀ/L, S = I - AᵀA/L.
 - ``lista_untied``: free-form LISTA with W₁_k, S_k, θ_k per layer.
 
-Untied operators reuse their last layer beyond ``layers`` ("untrained layers").
+Untied operators reuse their last layer beyond ``layers`` ("untrained layers"). Each operator is a
+small ``IstaOperator`` class, looked up once in ``ISTA_OPERATORS`` by ``operator``.
 """
 
 from __future__ import annotations
@@ -25,11 +26,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from workers.operators import soft_threshold
 from workers.problem import Problem
+from workers.prox import soft_threshold
 from workers.tasks._checks import check_choice, check_positive_ints
 
-OPERATORS = ("ista", "fista", "tied_coupled", "untied_coupled", "lista_tied", "lista_untied")
 PRESETS = {"small": (64, 128), "paper": (250, 500)}
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -49,6 +49,140 @@ def _fista_momentum(k: int) -> float:
         t = (1 + math.sqrt(1 + 4 * t * t)) / 2
     t_next = (1 + math.sqrt(1 + 4 * t * t)) / 2
     return (t - 1) / t_next
+
+
+# operators ---------------------------------------------------------------------------
+
+
+class IstaOperator:
+    """What an ISTA-type operator (``operator``) decides: the weights ω it learns, the iterate's form
+    (code or stacked codes), T(u, ω) itself, and ℓ's gradient.
+
+    This base is the code-iterate form: u is the code estimate and ∂_u ℓ = u - x. An operator holds
+    no state: ``register`` puts its weights on the problem itself, so the ``state_dict`` keys stay
+    ``A`` plus ``theta`` and ``W`` (coupled) or ``W1`` and ``S`` (LISTA).
+    """
+
+    #: One set of weights per layer k = 1..``layers`` (the last one reused beyond), else one for all.
+    untied = False
+
+    def register(self, problem: SparseCoding, A: Tensor, dt: torch.dtype) -> None:
+        """Register ω on ``problem``, initialised from A (float64, unit-norm columns)."""
+        raise NotImplementedError
+
+    def apply(self, problem: SparseCoding, u: Tensor, y: Tensor, k: int) -> Tensor:
+        """T(u, ω) at inner step ``k`` (1-based) for measurements ``y``."""
+        raise NotImplementedError
+
+    def layer(self, problem: SparseCoding, k: int) -> int:
+        """The index of the weights used at inner step ``k``."""
+        return min(k, problem.layers) - 1 if self.untied else 0
+
+    def init(self, problem: SparseCoding, batch: SparseBatch) -> Tensor:
+        return torch.zeros((batch.y.shape[0], problem.n), dtype=batch.y.dtype, device=batch.y.device)
+
+    def estimate(self, u: Tensor) -> Tensor:
+        return u
+
+    def upper_grad(self, u: Tensor, x: Tensor) -> Tensor:
+        return u - x
+
+    def nonexpansive(self, problem: SparseCoding) -> bool:
+        """T is nonexpansive by construction (the learned forms are not)."""
+        return False
+
+    def learned_values(self, problem: SparseCoding) -> dict[str, float]:
+        """The refined λ: the learned threshold θ (initialised to λ/L) times L, averaged over layers."""
+        return {"lam": float(problem.theta.detach().mean()) * problem.L}
+
+
+class Ista(IstaOperator):
+    """``ista``: soft(u - step·Aᵀ(Au - y), lam·step); nothing learned (θ is a buffer)."""
+
+    def register(self, problem: SparseCoding, A: Tensor, dt: torch.dtype) -> None:
+        problem.register_buffer("theta", torch.tensor(problem.lam * problem.step, dtype=dt))
+
+    def apply(self, problem: SparseCoding, u: Tensor, y: Tensor, k: int) -> Tensor:
+        A = problem.A
+        return soft_threshold(u - problem.step * (u @ A.T - y) @ A, problem.theta)
+
+    def nonexpansive(self, problem: SparseCoding) -> bool:
+        return problem.step <= 2.0 / problem.L  # averaged, hence nonexpansive
+
+    def learned_values(self, problem: SparseCoding) -> dict[str, float]:
+        return {}
+
+
+class Fista(Ista):
+    """``fista``: the ISTA step at the Nesterov point; the iterate stacks (x_k, x_{k-1}) as (B, 2, n)."""
+
+    def init(self, problem: SparseCoding, batch: SparseBatch) -> Tensor:
+        return torch.zeros((batch.y.shape[0], 2, problem.n), dtype=batch.y.dtype, device=batch.y.device)
+
+    def estimate(self, u: Tensor) -> Tensor:
+        return u[:, 0]
+
+    def apply(self, problem: SparseCoding, u: Tensor, y: Tensor, k: int) -> Tensor:
+        x, x_prev = u[:, 0], u[:, 1]
+        z = x + _fista_momentum(k) * (x - x_prev)
+        return torch.stack((super().apply(problem, z, y, k), x), dim=1)
+
+    def upper_grad(self, u: Tensor, x: Tensor) -> Tensor:
+        return torch.stack((u[:, 0] - x, torch.zeros_like(x)), dim=1)
+
+    def nonexpansive(self, problem: SparseCoding) -> bool:
+        return False
+
+
+class TiedCoupled(IstaOperator):
+    """``tied_coupled``: soft(u - Wᵀ(Au - y), θ), W initialised to A/L, θ to lam/L."""
+
+    def register(self, problem: SparseCoding, A: Tensor, dt: torch.dtype) -> None:
+        n_layers = problem.layers if self.untied else 1
+        problem.W = nn.Parameter((A / problem.L).to(dt).repeat(n_layers, 1, 1))
+        problem.theta = nn.Parameter(torch.full((n_layers,), problem.lam / problem.L, dtype=dt))
+
+    def apply(self, problem: SparseCoding, u: Tensor, y: Tensor, k: int) -> Tensor:
+        i = self.layer(problem, k)
+        return soft_threshold(u - (u @ problem.A.T - y) @ problem.W[i], problem.theta[i])
+
+
+class UntiedCoupled(TiedCoupled):
+    """``untied_coupled``: W_k, θ_k per layer."""
+
+    untied = True
+
+
+class TiedLista(IstaOperator):
+    """``lista_tied``: free-form LISTA soft(W₁y + S u, θ), W₁ = Aᵀ/L, S = I - AᵀA/L, θ = lam/L."""
+
+    def register(self, problem: SparseCoding, A: Tensor, dt: torch.dtype) -> None:
+        n_layers = problem.layers if self.untied else 1
+        L = problem.L
+        problem.W1 = nn.Parameter((A.T / L).to(dt).repeat(n_layers, 1, 1))
+        problem.S = nn.Parameter((torch.eye(problem.n, dtype=torch.float64) - A.T @ A / L).to(dt).repeat(n_layers, 1, 1))
+        problem.theta = nn.Parameter(torch.full((n_layers,), problem.lam / L, dtype=dt))
+
+    def apply(self, problem: SparseCoding, u: Tensor, y: Tensor, k: int) -> Tensor:
+        i = self.layer(problem, k)
+        return soft_threshold(y @ problem.W1[i].T + u @ problem.S[i].T, problem.theta[i])
+
+
+class UntiedLista(TiedLista):
+    """``lista_untied``: W₁_k, S_k, θ_k per layer."""
+
+    untied = True
+
+
+ISTA_OPERATORS: dict[str, type[IstaOperator]] = {
+    "ista": Ista,
+    "fista": Fista,
+    "tied_coupled": TiedCoupled,
+    "untied_coupled": UntiedCoupled,
+    "lista_tied": TiedLista,
+    "lista_untied": UntiedLista,
+}
+OPERATORS = tuple(ISTA_OPERATORS)
 
 
 class SparseCoding(Problem):
@@ -84,6 +218,7 @@ class SparseCoding(Problem):
             raise ValueError(f"sparse_coding: noise and lam must be >= 0, got noise={noise!r}, lam={lam!r}")
         check_choice("sparse_coding", "dtype", dtype, DTYPES)
         self.m, self.n, self.operator_name, self.layers = m, n, operator, layers
+        self.op = ISTA_OPERATORS[operator]()  # what differs between the operators, chosen once
         self.sparsity, self.noise, self.seed = sparsity, noise, seed
         self.batch_size, self.val_size, self.test_size = batch_size, val_size, test_size
 
@@ -97,19 +232,8 @@ class SparseCoding(Problem):
         dt = DTYPES[dtype]
         self.register_buffer("A", A.to(dt))
         self.L, self.lam, self.step = L, lam, step
-        # ISTA is averaged (hence nonexpansive) for step <= 2/L; the learned forms are not by construction.
-        self.nonexpansive = operator == "ista" and step <= 2.0 / L
-
-        n_layers = layers if "untied" in operator else 1
-        if operator in ("ista", "fista"):
-            self.register_buffer("theta", torch.tensor(lam * step, dtype=dt))
-        elif operator.endswith("coupled"):
-            self.W = nn.Parameter((A / L).to(dt).repeat(n_layers, 1, 1))
-            self.theta = nn.Parameter(torch.full((n_layers,), lam / L, dtype=dt))
-        else:
-            self.W1 = nn.Parameter((A.T / L).to(dt).repeat(n_layers, 1, 1))
-            self.S = nn.Parameter((torch.eye(n, dtype=torch.float64) - A.T @ A / L).to(dt).repeat(n_layers, 1, 1))
-            self.theta = nn.Parameter(torch.full((n_layers,), lam / L, dtype=dt))
+        self.nonexpansive = self.op.nonexpansive(self)  # ISTA for step <= 2/L only
+        self.op.register(self, A, dt)
         self._fixed = {
             split: self._sample(size, seed * 1000 + offset)
             for split, size, offset in (("val", val_size, 2), ("test", test_size, 3))
@@ -153,44 +277,25 @@ class SparseCoding(Problem):
     # the fixed-point problem ----------------------------------------------------------
 
     def init(self, batch: SparseBatch) -> Tensor:
-        shape = (batch.y.shape[0], 2, self.n) if self.operator_name == "fista" else (batch.y.shape[0], self.n)
-        return torch.zeros(shape, dtype=batch.y.dtype, device=batch.y.device)
+        return self.op.init(self, batch)
 
     def estimate(self, u: Tensor, batch: SparseBatch) -> Tensor:
-        return u[:, 0] if self.operator_name == "fista" else u
+        return self.op.estimate(u)
 
     def operator(self, u: Tensor, batch: SparseBatch, k: int) -> Tensor:
-        name, A, y = self.operator_name, self.A, batch.y
-        if name == "ista":
-            return soft_threshold(u - self.step * (u @ A.T - y) @ A, self.theta)
-        if name == "fista":
-            x, x_prev = u[:, 0], u[:, 1]
-            z = x + _fista_momentum(k) * (x - x_prev)
-            return torch.stack((soft_threshold(z - self.step * (z @ A.T - y) @ A, self.theta), x), dim=1)
-        i = min(k, self.layers) - 1 if "untied" in name else 0
-        if name.endswith("coupled"):
-            return soft_threshold(u - (u @ A.T - y) @ self.W[i], self.theta[i])
-        return soft_threshold(y @ self.W1[i].T + u @ self.S[i].T, self.theta[i])
+        return self.op.apply(self, u, batch.y, k)
 
     def upper_loss(self, u: Tensor, batch: SparseBatch) -> Tensor:
         return 0.5 * ((self.estimate(u, batch) - batch.x) ** 2).sum(-1).mean()
 
     def upper_grad(self, u: Tensor, batch: SparseBatch) -> Tensor:
-        if self.operator_name == "fista":
-            return torch.stack((u[:, 0] - batch.x, torch.zeros_like(batch.x)), dim=1)
-        return u - batch.x
+        return self.op.upper_grad(u, batch.x)
 
     def metrics(self, u: Tensor, batch: SparseBatch) -> dict[str, float]:
         err = ((self.estimate(u, batch).detach() - batch.x) ** 2).sum()
         return {"nmse_db": float(10 * torch.log10(err / (batch.x**2).sum()))}
 
     def learned_values(self) -> dict[str, float]:
-        """The refined λ: the learned threshold θ (initialised to λ/L) times L, averaged over layers."""
-        if self.operator_name in ("ista", "fista"):
-            return {}
-        return {"lam": float(self.theta.detach().mean()) * self.L}
-
-    def lasso_objective(self, u: Tensor, batch: SparseBatch) -> Tensor:
-        """Per-sample LASSO objective ½‖Ax - y‖² + λ‖x‖₁ of the estimate in ``u``."""
-        x = self.estimate(u, batch)
-        return 0.5 * ((x @ self.A.T - batch.y) ** 2).sum(-1) + self.lam * x.abs().sum(-1)
+        """The refined λ: the learned threshold θ (initialised to λ/L) times L, averaged over layers
+        (nothing for ista and fista, which learn nothing)."""
+        return self.op.learned_values(self)

@@ -1,9 +1,11 @@
-"""Proximal maps with closed forms."""
+"""Proximal maps with closed forms: soft thresholding, the prox of the ℓ1 norm."""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+__all__ = ["soft_threshold"]
 
 
 def soft_threshold(x: Tensor, theta: Tensor | float) -> Tensor:

@@ -1,4 +1,4 @@
-"""Blur physics for image deconvolution: kernels, the blur operator A and its adjoint, Wiener, noise.
+"""The blur forward model of image deconvolution: kernels, and the blur operator A with its adjoint.
 
 Images are tensors of shape (B, C, H, W) with values in [0, 1]. ``Blur`` is a true
 convolution y = k * x with the kernel centred on its middle pixel, so a symmetric
@@ -196,27 +196,3 @@ class Blur(nn.Module):
             raise ValueError(f"Blur.lipschitz: circular boundary needs the kernel ({kh}x{kw}) no larger than shape={shape!r}")
         kf = self._kernel_fft(h, w, self.kernel.device, self.kernel.dtype)
         return float((kf.abs() ** 2).max())
-
-
-def wiener(y: Tensor, blur: Blur, reg: float) -> Tensor:
-    """Wiener/Tikhonov deconvolution x = (AᵀA + reg·I)⁻¹ Aᵀ y (circular boundary; not clamped)."""
-    if not isinstance(reg, (int, float)) or not math.isfinite(reg) or reg <= 0:
-        raise ValueError(f"wiener: reg must be a finite number > 0, got reg={reg!r}")
-    if blur.boundary != "circular":
-        raise ValueError(f"wiener: needs a blur with boundary='circular', got boundary={blur.boundary!r}")
-    return blur.normal_solve(blur.adjoint(y), reg)
-
-
-def add_noise(x: Tensor, sigma: float, seed: int) -> Tensor:
-    """Return x + sigma·N(0, 1), the noise drawn on CPU from ``seed`` (not clamped).
-
-    ``sigma`` is a fraction of the dynamic range [0, 1]: 1% noise is sigma=0.01. The
-    same seed gives the same noise on every device.
-    """
-    if not isinstance(sigma, (int, float)) or not math.isfinite(sigma) or sigma < 0:
-        raise ValueError(f"add_noise: sigma must be a finite number >= 0, got sigma={sigma!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"add_noise: seed must be an int, got seed={seed!r}")
-    gen = torch.Generator().manual_seed(seed)
-    noise = torch.randn(x.shape, generator=gen, dtype=x.dtype)
-    return x + sigma * noise.to(x.device)

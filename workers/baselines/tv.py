@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from workers.operators.blur import Blur
+from workers.physics.blur import Blur
 
 #: ‖∇‖² ≤ 8 for the forward-difference gradient in 2-D.
 GRAD_NORM_SQ = 8.0

@@ -1,13 +1,15 @@
-"""Blur physics and the classical deconvolution baselines: adjoints, FFT vs direct convolution, Wiener, TV."""
+"""The measurement physics (workers.physics): blur kernels, the blur operator's adjoint, FFT against direct
+convolution, the normal solve, and seeded noise."""
 
 import pytest
 import torch
 from torch.nn import functional as F
 
-from workers.operators.blur import Blur, add_noise, gaussian_kernel, motion_kernel, wiener
-from workers.operators.tv import div2d, grad2d, tv_deconvolve, tv_objective
+from workers.physics import Blur, add_noise, gaussian_kernel, motion_kernel
 
 CUDA = pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"))
+
+
 KERNELS = {
     "gaussian": lambda: gaussian_kernel(9, 1.6),
     "motion": lambda: motion_kernel(13, seed=3),
@@ -21,28 +23,6 @@ def _rand(*shape, seed, dtype=torch.float64, device="cpu"):
 
 def _tol(dtype) -> float:
     return 100 * torch.finfo(dtype).eps
-
-
-def _psnr(x, ref) -> float:
-    return float(-10 * torch.log10(((x - ref) ** 2).mean()))
-
-
-def _shapes(n=64, dtype=torch.float64):
-    """A piecewise-constant test image (1, 1, n, n): a square, a disc and a dark bar on grey."""
-    x = torch.full((1, 1, n, n), 0.2, dtype=dtype)
-    x[..., n // 8 : n // 2, n // 8 : n // 2] = 0.9
-    i, j = torch.meshgrid(torch.arange(n), torch.arange(n), indexing="ij")
-    x[0, 0][(i - 0.65 * n) ** 2 + (j - 0.6 * n) ** 2 < (0.22 * n) ** 2] = 0.6
-    x[..., n // 10 : n // 4, int(0.6 * n) : int(0.9 * n)] = 0.0
-    return x
-
-
-def _smooth(n=64, dtype=torch.float64):
-    """A smooth periodic test image (1, 1, n, n) in [0, 1]."""
-    t = torch.arange(n, dtype=dtype) * (2 * torch.pi / n)
-    x = 0.5 + 0.2 * torch.sin(3 * t)[:, None] * torch.cos(5 * t)[None, :]
-    x = x + 0.15 * torch.cos(7 * t + 1)[:, None] + 0.1 * torch.sin(6 * t + 2)[None, :]
-    return x[None, None]
 
 
 @pytest.mark.parametrize("device", ["cpu", CUDA])
@@ -120,8 +100,6 @@ def test_blur_rejects_bad_arguments():
         Blur(gaussian_kernel(5, 1.0), "zero").normal_solve(torch.zeros(1, 1, 8, 8, dtype=torch.float64), 0.1)
     with pytest.raises(ValueError, match="larger"):
         Blur(gaussian_kernel(9, 1.0))(torch.zeros(1, 1, 8, 8))
-    with pytest.raises(ValueError, match="reg=0"):
-        wiener(torch.zeros(1, 1, 8, 8), Blur(gaussian_kernel(5, 1.0)), 0)
     with pytest.raises(ValueError, match="sigma=-0.1"):
         add_noise(torch.zeros(1, 1, 8, 8), -0.1, seed=0)
 
@@ -174,43 +152,3 @@ def test_add_noise_is_seeded_and_scaled():
     assert torch.equal(a, b) and not torch.equal(a, add_noise(x, 0.01, seed=2))
     assert abs(float((a - x).std()) - 0.01) < 1e-3
     assert torch.equal(add_noise(x, 0.0, seed=1), x)
-
-
-def test_wiener_recovers_smooth_images():
-    x = _smooth()
-    blur = Blur(gaussian_kernel(9, 1.5))
-    y = blur(x)
-    assert _psnr(y, x) < 30
-    assert _psnr(wiener(y, blur, 1e-8), x) > 100  # noiseless: nearly exact
-
-    noisy = add_noise(y, 0.01, seed=0)
-    assert _psnr(wiener(noisy, blur, 1e-2), x) > _psnr(noisy, x) + 5
-
-
-def test_grad_div_adjoint():
-    x, p = _rand(2, 3, 11, 14, seed=6), _rand(2, 3, 2, 11, 14, seed=7)
-    assert grad2d(x).shape == p.shape and div2d(p).shape == x.shape
-    lhs, rhs = float((grad2d(x) * p).sum()), -float((x * div2d(p)).sum())
-    assert abs(lhs - rhs) <= _tol(torch.float64) * abs(lhs)
-    assert float(grad2d(torch.ones(1, 1, 5, 5)).abs().max()) == 0  # constants have no gradient
-
-
-def test_tv_beats_wiener_on_a_piecewise_constant_image():
-    x = _shapes()
-    blur = Blur(motion_kernel(13, seed=0))
-    y = add_noise(blur(x), 0.01, seed=1)
-    lam = 3e-3
-    tv20, tv200 = tv_deconvolve(y, blur, lam, iters=20), tv_deconvolve(y, blur, lam, iters=200)
-    best_wiener = max(_psnr(wiener(y, blur, reg), x) for reg in (1e-3, 3e-3, 1e-2, 3e-2, 1e-1))
-    assert best_wiener > _psnr(y, x)
-    assert _psnr(tv200, x) > best_wiener + 5
-    assert float(tv_objective(tv200, y, blur, lam)) < float(tv_objective(tv20, y, blur, lam))
-    assert float(tv_objective(tv200, y, blur, lam)) < float(tv_objective(y, y, blur, lam))
-
-
-def test_tv_rejects_bad_arguments():
-    y = torch.zeros(1, 1, 8, 8)
-    with pytest.raises(ValueError, match="lam=0"):
-        tv_deconvolve(y, Blur(gaussian_kernel(3, 1.0)), 0)
-    with pytest.raises(ValueError, match="boundary='zero'"):
-        tv_deconvolve(y, Blur(gaussian_kernel(3, 1.0), "zero"), 0.1)
