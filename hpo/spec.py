@@ -1,10 +1,11 @@
-"""Job spec (YAML) → validated dataclasses.
+"""Job spec (YAML) → validated dataclasses, without I/O (``load_spec`` reads the file).
 
 A spec names a task, fixed BMOConfig values, a search space in Optuna's short
 form, the objective, the sampler and scheduler, and where results go. Every
-error is a ``SpecError`` whose one-line message names the field and the value.
+error is a ``SpecError`` whose one-line message names the field and the value,
+in the style of ``workers.checks``: ``field: expected ..., got ...``.
 Checks that need the task itself (space keys against BMOConfig and the task's
-arguments, the objective metric) are in ``check_against_task``.
+arguments, the objective metric) are in ``hpo.task_check``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any, NamedTuple
 import yaml
 
 from hpo.errors import SpecError
+from workers.checks import CheckError, check_bool, check_choice, check_int, check_real, is_int, is_real
 
 SAMPLERS = ("tpe", "random", "gp", "cmaes", "nsga2")
 STARTUP_SAMPLERS = ("tpe", "gp", "cmaes")  # samplers that start with random trials
@@ -52,6 +54,13 @@ class Param:
     step: float | int | None = None
     choices: tuple = ()
     when: dict[str, tuple] = field(default_factory=dict)
+
+    def ends(self) -> list:
+        """The values a check tries: the choices, or the ends of the range (as Optuna suggests them: a float
+        parameter's are floats, also where the spec wrote 0 and 4)."""
+        if self.type == "categorical":
+            return list(self.choices)
+        return [float(self.low), float(self.high)] if self.type == "float" else [self.low, self.high]
 
 
 @dataclass(frozen=True)
@@ -131,131 +140,157 @@ class JobSpec:
         return dataclasses.asdict(self)
 
 
-# --- small checkers ------------------------------------------------------------------
+# --- small checkers: the value checks are workers.checks' (CheckError); parse_spec makes each a SpecError -----------
 
 
-def _fail(where: str, message: str) -> SpecError:
-    if "\n" in message or "\r" in message:  # one line, also for a task's or a library's own message
+def spec_error(where: str, message: str) -> SpecError:
+    """``where: message``, on one line."""
+    return SpecError(one_line(f"{where}: {message}"))
+
+
+def one_line(message: str) -> str:
+    """``message`` on one line, also for a task's or a library's own message."""
+    if "\n" in message or "\r" in message:
         message = " ".join(line.strip() for line in message.splitlines() if line.strip())
-    return SpecError(f"{where}: {message}")
+    return message
 
 
 def _scalar(v) -> bool:
     return v is None or isinstance(v, (bool, int, float, str))
 
 
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _number(where: str, v, *, positive=False, nonnegative=False) -> float:
-    if isinstance(v, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
+def _number(where: str, v, low: float | None = None, *, low_open: bool = False) -> float:
+    """A finite number (from a string too: YAML 1.1 reads 1e-4, without a dot, as one) above ``low``."""
+    if isinstance(v, str):
         try:
             v = float(v)
         except ValueError:
             pass
-    if not _is_number(v):
-        raise _fail(where, f"must be a number, got {v!r}")
-    if positive and v <= 0:
-        raise _fail(where, f"must be > 0, got {v!r}")
-    if nonnegative and v < 0:
-        raise _fail(where, f"must be >= 0, got {v!r}")
-    return v
-
-
-def _integer(where: str, v, *, minimum: int | None = None) -> int:
-    if not _is_int(v):
-        raise _fail(where, f"must be an integer, got {v!r}")
-    if minimum is not None and v < minimum:
-        raise _fail(where, f"must be >= {minimum}, got {v!r}")
-    return v
+    return check_real(where, v, low, low_open=low_open)
 
 
 def _mapping(where: str, v, allowed: tuple[str, ...] | None = None) -> dict:
     if v is None:
         return {}
     if not isinstance(v, dict):
-        raise _fail(where, f"must be a mapping, got {v!r}")
+        raise CheckError(where, "a mapping", v)
     for key in v:
         if not isinstance(key, str):
-            raise _fail(where, f"keys must be strings, got {key!r}")
+            raise CheckError(where, "string keys", key)
         if allowed is not None and key not in allowed:
-            raise _fail(f"{where}.{key}" if where else key, f"unknown field (allowed: {', '.join(allowed)})")
+            raise spec_error(f"{where}.{key}" if where else key, f"unknown field (allowed: {', '.join(allowed)})")
     return v
 
 
-def _choice(where: str, v, choices: tuple[str, ...]) -> str:
-    if v not in choices:
-        raise _fail(where, f"must be one of {', '.join(choices)}, got {v!r}")
+def _name(where: str, v, what: str) -> str:
+    if not isinstance(v, str) or not v:
+        raise CheckError(where, what, v)
     return v
 
 
 # --- sections ----------------------------------------------------------------------
 
 
+def _study(v) -> str:
+    if not isinstance(v, str) or not v.strip():
+        raise CheckError("study", "a non-empty name", v)
+    if any(unicodedata.category(c) == "Cc" for c in v):  # a NUL cannot be in Ray Tune's directory name
+        raise CheckError("study", "a name without control characters", v)
+    size = len(v.strip().encode())
+    if size > STUDY_MAX_BYTES:  # Ray Tune's experiment directory is named after it
+        raise CheckError("study", f"at most {STUDY_MAX_BYTES} bytes (UTF-8; it names the Ray Tune experiment's "
+                                  "directory)", size)
+    return v.strip()
+
+
+def _conditions(where: str, raw) -> dict[str, tuple]:
+    when = {}
+    for parent, values in _mapping(f"{where}.when", raw).items():
+        when[parent] = tuple(values) if isinstance(values, list) else (values,)
+        if not all(_scalar(v) for v in when[parent]):  # compared with sampled values, and put in sets
+            raise CheckError(f"{where}.when.{parent}", "a value or a list of values", values)
+    return when
+
+
+def _categorical(name: str, raw: dict, when: dict) -> Param:
+    where = f"space.{name}"
+    extra = sorted(set(raw) & {"low", "high", "log", "step"})
+    if extra:
+        raise spec_error(f"{where}.{extra[0]}", "does not apply to a categorical parameter")
+    choices = raw.get("choices")
+    if not isinstance(choices, list) or not choices:
+        raise CheckError(f"{where}.choices", "a non-empty list", choices)
+    for c in choices:
+        if not _scalar(c):
+            raise CheckError(f"{where}.choices", "scalars", c)
+    for i, c in enumerate(choices):  # Optuna finds a choice by ==, so 1, 1.0 and true are one choice to it
+        if any(c == d for d in choices[:i]):
+            raise CheckError(f"{where}.choices", "distinct values (1, 1.0 and true count as the same)", choices)
+    return Param(name, "categorical", choices=tuple(choices), when=when)
+
+
+def _bounds(where: str, kind: str, raw: dict) -> tuple:
+    """(low, high, step) of an int or float parameter."""
+    for key in ("low", "high"):
+        if key not in raw:
+            raise spec_error(where, f"missing '{key}'")
+    step = raw.get("step")
+    if kind == "int":
+        low, high = check_int(f"{where}.low", raw["low"]), check_int(f"{where}.high", raw["high"])
+        step = check_int(f"{where}.step", step, minimum=1) if step is not None else None
+    else:
+        low, high = _number(f"{where}.low", raw["low"]), _number(f"{where}.high", raw["high"])
+        step = _number(f"{where}.step", step, 0, low_open=True) if step is not None else None
+    if low > high:
+        raise spec_error(where, f"expected low <= high, got low={low!r}, high={high!r}")
+    if kind == "float" and not math.isfinite(high - low):  # Optuna's samplers draw in [low, high): overflow
+        raise spec_error(where, f"expected a finite high - low, got low={low!r}, high={high!r}")
+    return low, high, step
+
+
+def _range_param(name: str, kind: str, raw: dict, when: dict) -> Param:
+    where = f"space.{name}"
+    if "choices" in raw:
+        raise spec_error(f"{where}.choices", f"does not apply to a {kind} parameter")
+    low, high, step = _bounds(where, kind, raw)
+    log = check_bool(f"{where}.log", raw.get("log", False))
+    if log and low <= 0:
+        raise spec_error(where, f"expected low > 0 on a log scale, got low={low!r}")
+    if log and step is not None:
+        raise spec_error(where, "log and step cannot be combined")
+    return Param(name, kind, low=low, high=high, log=log, step=step, when=when)
+
+
 def _param(name: str, raw) -> Param:
     where = f"space.{name}"
     raw = _mapping(where, raw, ("type", "low", "high", "log", "step", "choices", "when"))
     if "type" not in raw:
-        raise _fail(where, "missing 'type' (float, int or categorical)")
-    kind = _choice(f"{where}.type", raw["type"], PARAM_TYPES)
-    when = {}
-    for parent, values in _mapping(f"{where}.when", raw.get("when")).items():
-        when[parent] = tuple(values) if isinstance(values, list) else (values,)
-        if not all(_scalar(v) for v in when[parent]):  # compared with sampled values, and put in sets
-            raise _fail(f"{where}.when.{parent}", f"must be a value or a list of values, got {values!r}")
+        raise spec_error(where, "missing 'type' (float, int or categorical)")
+    kind = check_choice(f"{where}.type", raw["type"], PARAM_TYPES)
+    when = _conditions(where, raw.get("when"))
     if kind == "categorical":
-        extra = sorted(set(raw) & {"low", "high", "log", "step"})
-        if extra:
-            raise _fail(f"{where}.{extra[0]}", "does not apply to a categorical parameter")
-        choices = raw.get("choices")
-        if not isinstance(choices, list) or not choices:
-            raise _fail(f"{where}.choices", f"must be a non-empty list, got {choices!r}")
-        for c in choices:
-            if not (c is None or isinstance(c, (bool, int, float, str))):
-                raise _fail(f"{where}.choices", f"must hold scalars, got {c!r}")
-        for i, c in enumerate(choices):  # Optuna finds a choice by ==, so 1, 1.0 and true are one choice to it
-            if any(c == d for d in choices[:i]):
-                raise _fail(f"{where}.choices", f"must be distinct (1, 1.0 and true count as the same), got {choices!r}")
-        return Param(name, kind, choices=tuple(choices), when=when)
-    if "choices" in raw:
-        raise _fail(f"{where}.choices", f"does not apply to a {kind} parameter")
-    for key in ("low", "high"):
-        if key not in raw:
-            raise _fail(where, f"missing '{key}'")
-    if kind == "int":
-        low, high = _integer(f"{where}.low", raw["low"]), _integer(f"{where}.high", raw["high"])
-        step = _integer(f"{where}.step", raw["step"], minimum=1) if raw.get("step") is not None else None
-    else:
-        low, high = _number(f"{where}.low", raw["low"]), _number(f"{where}.high", raw["high"])
-        step = _number(f"{where}.step", raw["step"], positive=True) if raw.get("step") is not None else None
-    if low > high:
-        raise _fail(where, f"low <= high must hold, got low={low!r}, high={high!r}")
-    if kind == "float" and not math.isfinite(high - low):  # Optuna's samplers draw in [low, high): overflow
-        raise _fail(where, f"high - low must be a finite number, got low={low!r}, high={high!r}")
-    log = raw.get("log", False)
-    if not isinstance(log, bool):
-        raise _fail(f"{where}.log", f"must be true or false, got {log!r}")
-    if log and low <= 0:
-        raise _fail(where, f"log scale needs low > 0, got low={low!r}")
-    if log and step is not None:
-        raise _fail(where, "log and step cannot be combined")
-    return Param(name, kind, low=low, high=high, log=log, step=step, when=when)
+        return _categorical(name, raw, when)
+    return _range_param(name, kind, raw, when)
 
 
-def _ends(p: Param) -> list:
-    """The values of ``p`` a check tries: its choices, or the ends of its range (as Optuna suggests them: a float
-    parameter's are floats, also where the spec wrote 0 and 4)."""
-    if p.type == "categorical":
-        return list(p.choices)
-    return [float(p.low), float(p.high)] if p.type == "float" else [p.low, p.high]
+def _check_conditions(space: tuple[Param, ...], fixed: dict) -> None:
+    """Each condition's parent is a parameter listed before it, or a fixed value; none is a key both ways."""
+    names = [p.name for p in space]
+    for p in space:
+        for parent, values in p.when.items():
+            if parent in names[: names.index(p.name)]:
+                parent_param = space[names.index(parent)]
+                possible = parent_param.choices if parent_param.type == "categorical" else None
+                if possible is not None and not set(values) & set(possible):
+                    raise spec_error(f"space.{p.name}.when.{parent}", f"{list(values)!r} is never among the choices {list(possible)!r}")
+            elif parent not in fixed:
+                raise spec_error(f"space.{p.name}.when", f"{parent!r} must be a parameter listed before it or a fixed value")
+    overlap = sorted(set(names) & set(fixed))
+    if overlap:
+        raise spec_error(f"fixed.{overlap[0]}", "is also in space; a key is either fixed or searched")
 
 
-class _Steps(NamedTuple):
+class Steps(NamedTuple):
     """The fewest and most outer steps a trial can have, and where the spec says so."""
 
     low: int
@@ -265,28 +300,35 @@ class _Steps(NamedTuple):
     high_where: str
 
 
-def _outer_steps_range(fixed: dict, space: tuple[Param, ...]) -> _Steps | None:
+def outer_steps_range(fixed: dict, space: tuple[Param, ...]) -> Steps | None:
     """The trials' outer_steps as the driver reads them (``hpo.driver._outer_steps``), when they are integers
     in the spec; None when the spec leaves them to BMOConfig's default or gives no integer (BMOConfig says why)."""
     for p in space:
         if p.name != "outer_steps":
             continue
         if p.type == "int":
-            return _Steps(p.low, p.high, "space.outer_steps", "space.outer_steps.low", "space.outer_steps.high")
-        if p.type == "categorical" and all(_is_int(c) for c in p.choices):
-            return _Steps(min(p.choices), max(p.choices), "space.outer_steps",
-                          "min(space.outer_steps.choices)", "max(space.outer_steps.choices)")
+            return Steps(p.low, p.high, "space.outer_steps", "space.outer_steps.low", "space.outer_steps.high")
+        if p.type == "categorical" and all(is_int(c) for c in p.choices):
+            return Steps(min(p.choices), max(p.choices), "space.outer_steps",
+                         "min(space.outer_steps.choices)", "max(space.outer_steps.choices)")
         return None
     v = fixed.get("outer_steps")
-    return _Steps(v, v, "fixed.outer_steps", "fixed.outer_steps", "fixed.outer_steps") if _is_int(v) else None
+    return Steps(v, v, "fixed.outer_steps", "fixed.outer_steps", "fixed.outer_steps") if is_int(v) else None
 
 
-def _fit_scheduler(grace: int, grace_set: bool, max_t: int | None, steps: _Steps | None) -> int:
+def _trial_steps(fixed: dict, space: tuple[Param, ...]) -> Steps | None:
+    steps = outer_steps_range(fixed, space)  # None: BMOConfig's default (checked in check_against_task) or not an int
+    if steps is not None and steps.low < 1:  # BMOConfig takes 0, but a trial of 0 steps has no result to report
+        raise spec_error(steps.field, f"expected >= 1 (a trial trains at least one outer step), got {steps.low_where} = {steps.low}")
+    return steps
+
+
+def fit_scheduler(grace: int, grace_set: bool, max_t: int | None, steps: Steps | None) -> int:
     """ASHA's grace period within the trial budget (max_t, else the most outer steps a trial has): Ray asserts
     grace_period <= max_t. A default grace period is lowered to the budget; one the user set is an error."""
     if max_t is not None and steps is not None and max_t < steps.low:
-        raise _fail("scheduler.max_t", f"must be >= the trials' outer_steps ({steps.low_where} = {steps.low}): ASHA stops "
-                                       f"a trial at max_t, before its last step, so none would complete; got {max_t}")
+        raise CheckError("scheduler.max_t", f">= the trials' outer_steps ({steps.low_where} = {steps.low}; ASHA stops "
+                                            "a trial at max_t, before its last step, so none would complete)", max_t)
     if max_t is not None:
         budget, where = max_t, "scheduler.max_t"
     elif steps is not None:
@@ -296,38 +338,125 @@ def _fit_scheduler(grace: int, grace_set: bool, max_t: int | None, steps: _Steps
     if grace <= budget:
         return grace
     if grace_set:
-        raise _fail("scheduler.grace_period", f"must be <= the trial budget ({where} = {budget}), got {grace}")
+        raise CheckError("scheduler.grace_period", f"<= the trial budget ({where} = {budget})", grace)
     return budget
+
+
+def _sampler(raw, trials, space: tuple[Param, ...]) -> Sampler:
+    raw = _mapping("sampler", raw, ("name", "seed", "n_startup_trials"))
+    seed = raw.get("seed", 0)
+    if seed is not None:
+        check_int("sampler.seed", seed, minimum=0)
+        trials = trials if is_int(trials) and trials >= 1 else 1
+        if seed > 2**32 - trials:  # numpy's seeds are < 2**32; a resumed run seeds with seed + the trials done
+            raise CheckError("sampler.seed", f"<= 2**32 - trials = {2**32 - trials} (Optuna's samplers take seeds "
+                                             "below 2**32, and a resumed run adds the trials done)", seed)
+    name = check_choice("sampler.name", raw.get("name", "tpe"), SAMPLERS)
+    startup = raw.get("n_startup_trials")
+    if startup is not None:
+        check_int("sampler.n_startup_trials", startup, minimum=0)
+        if name not in STARTUP_SAMPLERS:
+            raise spec_error("sampler.n_startup_trials", f"applies to {', '.join(STARTUP_SAMPLERS)}, not to {name!r}")
+    if name == "gp":
+        _check_gp_space(space)
+    return Sampler(name, seed, startup)
+
+
+def _check_gp_space(space: tuple[Param, ...]) -> None:
+    """Optuna's GPSampler lists every value of a discrete parameter (an array of that size)."""
+    for p in space:
+        if p.type == "int" or p.step is not None:
+            count = math.floor((p.high - p.low) / (p.step or 1)) + 1
+            if count > GP_MAX_VALUES:
+                raise CheckError(f"space.{p.name}", f"at most {GP_MAX_VALUES} values, as the gp sampler lists every "
+                                                    "value of an int or stepped parameter (a larger step, or another "
+                                                    "sampler)", count)
+
+
+def _scheduler(raw, steps: Steps | None) -> Scheduler:
+    raw = _mapping("scheduler", raw, ("name", "grace_period", "max_t", "reduction_factor"))
+    name = check_choice("scheduler.name", raw.get("name", "asha"), SCHEDULERS)
+    grace_set = raw.get("grace_period") is not None  # a default grace period adapts to a shorter budget
+    grace = check_int("scheduler.grace_period", raw.get("grace_period", Scheduler.grace_period), minimum=1)
+    max_t = raw.get("max_t")
+    if max_t is not None:
+        max_t = check_int("scheduler.max_t", max_t, minimum=1)
+        if max_t < grace and grace_set:
+            raise spec_error("scheduler", f"expected grace_period <= max_t, got grace_period={grace}, max_t={max_t}")
+    rf = _number("scheduler.reduction_factor", raw.get("reduction_factor", 3), 1, low_open=True)
+    if name == "asha":
+        grace = fit_scheduler(grace, grace_set, max_t, steps)
+    elif max_t is not None and not grace_set:
+        grace = min(grace, max_t)
+    return Scheduler(name, grace, max_t, rf)
+
+
+def _objective(where: str, item) -> Objective:
+    item = _mapping(where, item, ("metric", "mode", "value"))
+    metric = _name(f"{where}.metric", item.get("metric"), "a metric name")
+    metric = metric[len("val_"):] if metric.startswith("val_") else metric
+    value = check_choice(f"{where}.value", item.get("value", "last"), OBJECTIVE_VALUES)
+    return Objective(metric, check_choice(f"{where}.mode", item.get("mode"), MODES), value)
 
 
 def _objectives(raw) -> tuple[Objective, ...]:
     items = raw if isinstance(raw, list) else [raw]
     if raw is None or not items:
-        raise _fail("objective", "missing (e.g. {metric: nmse_db, mode: min})")
-    out = []
-    for i, item in enumerate(items):
-        where = "objective" if not isinstance(raw, list) else f"objective[{i}]"
-        item = _mapping(where, item, ("metric", "mode", "value"))
-        metric = item.get("metric")
-        if not isinstance(metric, str) or not metric:
-            raise _fail(f"{where}.metric", f"must be a metric name, got {metric!r}")
-        metric = metric[len("val_"):] if metric.startswith("val_") else metric
-        value = _choice(f"{where}.value", item.get("value", "last"), OBJECTIVE_VALUES)
-        out.append(Objective(metric, _choice(f"{where}.mode", item.get("mode"), MODES), value))
+        raise spec_error("objective", "missing (e.g. {metric: nmse_db, mode: min})")
+    out = [_objective("objective" if not isinstance(raw, list) else f"objective[{i}]", item) for i, item in enumerate(items)]
     if len({o.metric for o in out}) != len(out):
-        raise _fail("objective", "lists a metric twice")
+        raise spec_error("objective", "lists a metric twice")
     if len({o.value for o in out}) > 1:  # the solver a trial keeps follows it
-        raise _fail("objective", f"the objectives' value must be the same, got {', '.join(o.value for o in out)}")
+        raise spec_error("objective", f"expected one value for every objective, got {', '.join(o.value for o in out)}")
     return tuple(out)
+
+
+def _check_averaged(fixed: dict, space: tuple[Param, ...]) -> None:
+    """Objective value ``averaged`` needs a moving average of ω: 0 < average (a trial with 0 reports no val_avg_*)."""
+    names = [p.name for p in space]
+    if not ("average" in fixed or "average" in names):
+        raise spec_error("objective.value", "averaged needs the decay of ω's moving average: set fixed.average (e.g. 0.99)")
+    ends = [fixed["average"]] if "average" in fixed else space[names.index("average")].ends()
+    zero = next((v for v in ends if is_real(v) and v <= 0), None)
+    if zero is not None:
+        where = "fixed.average" if "average" in fixed else "space.average"
+        raise CheckError(where, "0 < average < 1 for objective value averaged (a moving average of ω, e.g. 0.99)", zero)
+
+
+def _check_study_kind(objectives: tuple[Objective, ...], sampler: Sampler, scheduler: Scheduler) -> None:
+    if len(objectives) > 1 and scheduler.name != "none":
+        raise spec_error("scheduler", "a multi-objective study cannot be pruned by ASHA; set scheduler: {name: none}")
+    if len(objectives) > 1 and sampler.name in ("gp", "cmaes"):
+        raise spec_error("sampler.name", f"{sampler.name!r} supports one objective only; use tpe, nsga2 or random")
+
+
+def _resources(raw) -> Resources:
+    raw = _mapping("resources", raw, ("cpu", "gpu"))
+    cpu = _number("resources.cpu", raw.get("cpu", 1), 0, low_open=True)
+    gpu = _number("resources.gpu", raw.get("gpu", 0), 0)
+    if gpu > 1 and gpu != int(gpu):  # Ray shares a GPU between trials (a fraction <= 1) or gives whole GPUs
+        raise CheckError("resources.gpu", "a share of one GPU (<= 1) or a whole number of GPUs", gpu)
+    if 0 < gpu < 1e-4:
+        raise CheckError("resources.gpu", "0 or at least 0.0001 (Ray counts GPU shares in steps of 0.0001)", gpu)
+    if cpu < 1e-4:
+        raise CheckError("resources.cpu", "at least 0.0001 (Ray counts CPU shares in steps of 0.0001)", cpu)
+    return Resources(cpu, gpu)
 
 
 def _storage_url(v) -> str:
     if not isinstance(v, str) or "://" not in v:
-        raise _fail("storage", f"must be a database URL such as sqlite:///path.db or postgresql://host/db, got {v!r}")
+        raise CheckError("storage", "a database URL such as sqlite:///path.db or postgresql://host/db", v)
     scheme = v.split("://", 1)[0].split("+", 1)[0]
     if scheme not in ("sqlite", "postgresql", "mysql"):
-        raise _fail("storage", f"unsupported scheme {scheme!r} (sqlite, postgresql, mysql), got {v!r}")
+        raise spec_error("storage", f"expected the scheme sqlite, postgresql or mysql, got {scheme!r} in {v!r}")
     return v
+
+
+def _results_dir(data: dict) -> str:
+    from hpo.storage import default_results_dir  # here: hpo.storage imports optuna, and `hpo --help` stays fast
+
+    results_dir = data.get("results_dir", default_results_dir(str(data.get("storage", DEFAULT_STORAGE))))
+    return _name("results_dir", results_dir, "a path or URI")
 
 
 def _init_from(v) -> str | dict | None:
@@ -335,12 +464,11 @@ def _init_from(v) -> str | dict | None:
         return v
     if isinstance(v, dict):
         v = _mapping("init_from", v, ("study", "trial", "storage"))
-        if not isinstance(v.get("study"), str) or not v["study"]:
-            raise _fail("init_from.study", f"must be a study name, got {v.get('study')!r}")
+        _name("init_from.study", v.get("study"), "a study name")
         if v.get("trial") is not None:
-            _integer("init_from.trial", v["trial"], minimum=0)
+            check_int("init_from.trial", v["trial"], minimum=0)
         return dict(v)
-    raise _fail("init_from", f"must be a solver file or {{study: NAME, trial: N}}, got {v!r}")
+    raise CheckError("init_from", "a solver file or {study: NAME, trial: N}", v)
 
 
 def _seed_from(v) -> dict | None:
@@ -349,164 +477,77 @@ def _seed_from(v) -> dict | None:
     if isinstance(v, str) and v:
         v = {"study": v}
     v = _mapping("seed_from", v, ("study", "k", "storage"))
-    if not isinstance(v.get("study"), str) or not v["study"]:
-        raise _fail("seed_from.study", f"must be a study name, got {v.get('study')!r}")
-    k = _integer("seed_from.k", v.get("k", 5), minimum=1)
+    _name("seed_from.study", v.get("study"), "a study name")
+    k = check_int("seed_from.k", v.get("k", 5), minimum=1)
     if v.get("storage") is not None:
         _storage_url(v["storage"])
     return {"study": v["study"], "k": k, **({"storage": v["storage"]} if v.get("storage") else {})}
 
 
-def parse_spec(data: Any, *, source: str = "spec") -> JobSpec:
-    """Validate a spec already read into Python data (a mapping) and return a ``JobSpec``."""
+def _run_settings(data: dict) -> dict:
+    """The JobSpec fields of how a run goes: its time, its results, its trials' checkpoints and retries."""
+    time_budget = data.get("time_budget")
+    return dict(
+        time_budget=None if time_budget is None else _number("time_budget", time_budget, 0, low_open=True),
+        results_dir=_results_dir(data),
+        checkpoint_every=check_int("checkpoint_every", data.get("checkpoint_every", 0), minimum=0),
+        keep_models=check_choice("keep_models", data.get("keep_models", "all"), KEEP_MODELS),
+        init_from=_init_from(data.get("init_from")),
+        driver_lease=_number("driver_lease", data.get("driver_lease", 30.0), 0, low_open=True),
+        storage_retry_window=_number("storage_retry_window", data.get("storage_retry_window", 300.0), 0),
+        seed_from=_seed_from(data.get("seed_from")),
+        artifacts=check_bool("artifacts", data.get("artifacts", True)),
+        max_retries=check_int("max_retries", data.get("max_retries", 3), minimum=0),
+    )
+
+
+def _check_top_level(data: Any, source: str) -> None:
     if not isinstance(data, dict):
         raise SpecError(f"{source}: a job spec must be a YAML mapping, got {type(data).__name__}")
     if "report_interval" in data:
-        raise _fail("report_interval", "was removed: a trial reports at every validation (fixed.eval_every), "
+        raise spec_error("report_interval", "was removed: a trial reports at every validation (fixed.eval_every), "
                                        "so a scheduler sees the same steps on any machine")
     _mapping("", data, TOP_LEVEL)
-    study = data.get("study")
-    if not isinstance(study, str) or not study.strip():
-        raise _fail("study", f"must be a non-empty name, got {study!r}")
-    if any(unicodedata.category(c) == "Cc" for c in study):  # a NUL cannot be in Ray Tune's directory name
-        raise _fail("study", f"must not hold control characters, got {study!r}")
-    if len(study.strip().encode()) > STUDY_MAX_BYTES:  # Ray Tune's experiment directory is named after it
-        raise _fail("study", f"must be at most {STUDY_MAX_BYTES} bytes (UTF-8; it names the Ray Tune experiment's "
-                             f"directory), got {len(study.strip().encode())}")
-    task = data.get("task")
-    if not isinstance(task, str) or not task:
-        raise _fail("task", f"must be a registry name or 'module:Class', got {task!r}")
-    space_raw = _mapping("space", data.get("space"))
-    space = tuple(_param(name, raw) for name, raw in space_raw.items())
-    names = [p.name for p in space]
+
+
+def parse_spec(data: Any, *, source: str = "spec") -> JobSpec:
+    """Validate a spec already read into Python data (a mapping) and return a ``JobSpec`` (no I/O)."""
+    try:
+        return _parse(data, source)
+    except CheckError as e:  # the value checks name the spec's field
+        raise SpecError(one_line(str(e))) from None
+
+
+def _parse(data: Any, source: str) -> JobSpec:
+    _check_top_level(data, source)
+    study = _study(data.get("study"))
+    task = _name("task", data.get("task"), "a registry name or 'module:Class'")
+    space = tuple(_param(name, raw) for name, raw in _mapping("space", data.get("space")).items())
     fixed = dict(_mapping("fixed", data.get("fixed")))
-    for p in space:
-        for parent, values in p.when.items():
-            if parent in names[: names.index(p.name)]:
-                parent_param = space[names.index(parent)]
-                possible = parent_param.choices if parent_param.type == "categorical" else None
-                if possible is not None and not set(values) & set(possible):
-                    raise _fail(f"space.{p.name}.when.{parent}", f"{list(values)!r} is never among the choices {list(possible)!r}")
-            elif parent not in fixed:
-                raise _fail(f"space.{p.name}.when", f"{parent!r} must be a parameter listed before it or a fixed value")
-    overlap = sorted(set(names) & set(fixed))
-    if overlap:
-        raise _fail(f"fixed.{overlap[0]}", "is also in space; a key is either fixed or searched")
-    steps = _outer_steps_range(fixed, space)  # None: BMOConfig's default (checked in check_against_task) or not an int
-    if steps is not None and steps.low < 1:  # BMOConfig takes 0, but a trial of 0 steps has no result to report
-        raise _fail(steps.field, f"must be >= 1 (a trial trains at least one outer step), got {steps.low_where} = {steps.low}")
-
-    sampler_raw = _mapping("sampler", data.get("sampler"), ("name", "seed", "n_startup_trials"))
-    seed = sampler_raw.get("seed", 0)
-    if seed is not None:
-        _integer("sampler.seed", seed, minimum=0)
-        n_trials = data.get("trials", 16)
-        n_trials = n_trials if _is_int(n_trials) and n_trials >= 1 else 1
-        if seed > 2**32 - n_trials:  # numpy's seeds are < 2**32; a resumed run seeds with seed + the trials done
-            raise _fail("sampler.seed", f"must be <= 2**32 - trials = {2**32 - n_trials} (Optuna's samplers take seeds "
-                                        f"below 2**32, and a resumed run adds the trials done), got {seed}")
-    sampler_name = _choice("sampler.name", sampler_raw.get("name", "tpe"), SAMPLERS)
-    startup = sampler_raw.get("n_startup_trials")
-    if startup is not None:
-        _integer("sampler.n_startup_trials", startup, minimum=0)
-        if sampler_name not in STARTUP_SAMPLERS:
-            raise _fail("sampler.n_startup_trials", f"applies to {', '.join(STARTUP_SAMPLERS)}, not to {sampler_name!r}")
-    sampler = Sampler(sampler_name, seed, startup)
-    if sampler_name == "gp":  # Optuna's GPSampler lists every value of a discrete parameter (an array of that size)
-        for p in space:
-            if p.type == "int" or p.step is not None:
-                count = math.floor((p.high - p.low) / (p.step or 1)) + 1
-                if count > GP_MAX_VALUES:
-                    raise _fail(f"space.{p.name}", f"the gp sampler lists every value of an int or stepped parameter: "
-                                                   f"at most {GP_MAX_VALUES}, got {count} (a larger step, or another "
-                                                   f"sampler)")
-
-    sched_raw = data.get("scheduler", {"name": "asha"})
-    sched_raw = _mapping("scheduler", sched_raw, ("name", "grace_period", "max_t", "reduction_factor"))
-    sched_name = _choice("scheduler.name", sched_raw.get("name", "asha"), SCHEDULERS)
-    grace_set = sched_raw.get("grace_period") is not None  # a default grace period adapts to a shorter budget
-    grace = _integer("scheduler.grace_period", sched_raw.get("grace_period", Scheduler.grace_period), minimum=1)
-    max_t = sched_raw.get("max_t")
-    if max_t is not None:
-        max_t = _integer("scheduler.max_t", max_t, minimum=1)
-        if max_t < grace and grace_set:
-            raise _fail("scheduler", f"grace_period <= max_t must hold, got grace_period={grace}, max_t={max_t}")
-    rf = _number("scheduler.reduction_factor", sched_raw.get("reduction_factor", 3), positive=True)
-    if rf <= 1:
-        raise _fail("scheduler.reduction_factor", f"must be > 1, got {rf!r}")
-    if sched_name == "asha":
-        grace = _fit_scheduler(grace, grace_set, max_t, steps)
-    elif max_t is not None and not grace_set:
-        grace = min(grace, max_t)
-    scheduler = Scheduler(sched_name, grace, max_t, rf)
-
+    _check_conditions(space, fixed)
+    steps = _trial_steps(fixed, space)
+    sampler = _sampler(data.get("sampler"), data.get("trials", 16), space)
+    scheduler = _scheduler(data.get("scheduler", {"name": "asha"}), steps)
     objectives = _objectives(data.get("objective"))
-    if objectives[0].value == "averaged" and not ("average" in fixed or "average" in names):
-        raise _fail("objective.value", "averaged needs the decay of ω's moving average: set fixed.average (e.g. 0.99)")
-    if objectives[0].value == "averaged":  # average = 0 keeps no average, so a trial would report no val_avg_*
-        ends = [fixed["average"]] if "average" in fixed else _ends(space[names.index("average")])
-        zero = next((v for v in ends if _is_number(v) and v <= 0), None)
-        if zero is not None:
-            where = "fixed.average" if "average" in fixed else "space.average"
-            raise _fail(where, f"objective value averaged needs a moving average of ω (0 < average < 1, e.g. 0.99), got {zero!r}")
-    if len(objectives) > 1 and scheduler.name != "none":
-        raise _fail("scheduler", "a multi-objective study cannot be pruned by ASHA; set scheduler: {name: none}")
-    if len(objectives) > 1 and sampler.name in ("gp", "cmaes"):
-        raise _fail("sampler.name", f"{sampler.name!r} supports one objective only; use tpe, nsga2 or random")
-
-    res_raw = _mapping("resources", data.get("resources"), ("cpu", "gpu"))
-    resources = Resources(
-        cpu=_number("resources.cpu", res_raw.get("cpu", 1), positive=True),
-        gpu=_number("resources.gpu", res_raw.get("gpu", 0), nonnegative=True),
-    )
-    if resources.gpu > 1 and resources.gpu != int(resources.gpu):
-        # Ray shares a GPU between trials (a fraction <= 1) or gives whole GPUs, never 1.5 of them
-        raise _fail("resources.gpu", f"a share of one GPU (<= 1) or a whole number of GPUs, got {resources.gpu!r}")
-    if 0 < resources.gpu < 1e-4:
-        raise _fail("resources.gpu", f"Ray counts GPU shares in steps of 0.0001, got {resources.gpu!r}")
-    if resources.cpu < 1e-4:
-        raise _fail("resources.cpu", f"Ray counts CPU shares in steps of 0.0001, got {resources.cpu!r}")
-    time_budget = data.get("time_budget")
-    if time_budget is not None:
-        time_budget = _number("time_budget", time_budget, positive=True)
-    from hpo.storage import default_results_dir  # here: hpo.storage imports optuna, and `hpo --help` stays fast
-    results_dir = data.get("results_dir", default_results_dir(str(data.get("storage", DEFAULT_STORAGE))))
-    if not isinstance(results_dir, str) or not results_dir:
-        raise _fail("results_dir", f"must be a path or URI, got {results_dir!r}")
-    checkpoint_every = _integer("checkpoint_every", data.get("checkpoint_every", 0), minimum=0)
-    keep_models = _choice("keep_models", data.get("keep_models", "all"), KEEP_MODELS)
-    init_from = _init_from(data.get("init_from"))
-    driver_lease = _number("driver_lease", data.get("driver_lease", 30.0), positive=True)
-    retry_window = _number("storage_retry_window", data.get("storage_retry_window", 300.0), nonnegative=True)
-    seed_from = _seed_from(data.get("seed_from"))
-    artifacts = data.get("artifacts", True)
-    if not isinstance(artifacts, bool):
-        raise _fail("artifacts", f"must be true or false, got {artifacts!r}")
-    max_retries = _integer("max_retries", data.get("max_retries", 3), minimum=0)
+    if objectives[0].value == "averaged":
+        _check_averaged(fixed, space)
+    _check_study_kind(objectives, sampler, scheduler)
     return JobSpec(
-        artifacts=artifacts,
-        max_retries=max_retries,
-        checkpoint_every=checkpoint_every,
-        keep_models=keep_models,
-        init_from=init_from,
-        driver_lease=driver_lease,
-        storage_retry_window=retry_window,
-        seed_from=seed_from,
-        study=study.strip(),
-        task=task,
+        study=study, task=task, fixed=fixed, space=space, objectives=objectives, sampler=sampler, scheduler=scheduler,
+        resources=_resources(data.get("resources")),
+        **_run_settings(data),
         task_args=dict(_mapping("task_args", data.get("task_args"))),
-        fixed=fixed,
-        space=space,
-        objectives=objectives,
-        sampler=sampler,
-        scheduler=scheduler,
-        trials=_integer("trials", data.get("trials", 16), minimum=1),
-        concurrency=_integer("concurrency", data.get("concurrency", 1), minimum=1),
-        resources=resources,
-        time_budget=time_budget,
+        trials=check_int("trials", data.get("trials", 16), minimum=1),
+        concurrency=check_int("concurrency", data.get("concurrency", 1), minimum=1),
         storage=_storage_url(data.get("storage", DEFAULT_STORAGE)),
-        results_dir=results_dir,
     )
+
+
+def check_against_task(spec: JobSpec) -> list[str]:
+    """``hpo.task_check.check_against_task`` (imports torch), for the callers that import it from here."""
+    from hpo.task_check import check_against_task as check
+
+    return check(spec)
 
 
 def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> JobSpec:
@@ -556,138 +597,3 @@ def apply_override(data: dict, dotted: str, value) -> bool:
             del space[name]
             return True
     return False
-
-
-def _error_text(e: BaseException) -> str:
-    return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
-
-
-def _naming(message: str, values: dict) -> str:
-    """``message`` (a task's, or torch's), with the values tried when it names none of them."""
-    if not values or any(f"{k}=" in message for k in values):
-        return message
-    return f"{message} (with {', '.join(f'{k}={v!r}' for k, v in values.items())})"
-
-
-def _range(spec: JobSpec, name: str, default) -> tuple[Any, Any, str, str, bool]:
-    """(lowest, highest, where the lowest is set, where the highest is, searched) of a BMOConfig field."""
-    for p in spec.space:
-        if p.name == name:
-            if p.type == "categorical":
-                return min(p.choices), max(p.choices), f"min(space.{name}.choices)", f"max(space.{name}.choices)", True
-            return p.low, p.high, f"space.{name}.low", f"space.{name}.high", True
-    where = f"fixed.{name}" if name in spec.fixed else f"BMOConfig's default {name}"
-    return default, default, where, where, False
-
-
-def _check_truncate(spec: JobSpec, config) -> None:
-    """BMOConfig's truncate <= K (hypergrad=truncated) across the space. Both searched: some pair must fit (Optuna
-    cannot tie them; a trial drawn outside fails); one searched: its whole range must fit the other's fixed value."""
-    hypergrads = next((p.choices for p in spec.space if p.name == "hypergrad"), (config.hypergrad,))
-    if "truncated" not in hypergrads:
-        return
-    t_low, t_high, t_low_at, t_high_at, t_searched = _range(spec, "truncate", config.truncate)
-    k_low, k_high, k_low_at, k_high_at, k_searched = _range(spec, "K", config.K)
-    if t_low > k_high:
-        where = "space.truncate" if t_searched else "space.K" if k_searched else "space.hypergrad"
-        raise _fail(where, f"truncate <= K must hold for hypergrad=truncated, got truncate >= {t_low} ({t_low_at}) "
-                           f"and K <= {k_high} ({k_high_at})")
-    if t_searched and not k_searched and t_high > k_high:
-        raise _fail("space.truncate", f"must be <= K = {k_high} ({k_high_at}) for hypergrad=truncated, "
-                                      f"got {t_high_at} = {t_high}")
-    if k_searched and not t_searched and k_low < t_low:
-        raise _fail("space.K", f"must be >= truncate = {t_low} ({t_low_at}) for hypergrad=truncated, "
-                               f"got {k_low_at} = {k_low}")
-
-
-def check_against_task(spec: JobSpec) -> list[str]:
-    """Check the spec against BMOConfig and the task (imports torch); return the task's metric names.
-
-    Space and fixed keys must be BMOConfig fields or task arguments; fixed values
-    and each space range's ends must make a valid BMOConfig; the task must build
-    with ``task_args`` and, if it is a ``module:Class``, pass the conformance checks
-    (``workers.testing``); each objective must be a metric the task reports.
-    """
-    import dataclasses
-
-    from workers import TASKS, BMOConfig, evaluate_solve, make_problem, resolve_task
-    from workers.tasks import task_parameters
-    from workers.testing import interface_error
-
-    try:
-        resolve_task(spec.task)
-    except ValueError as e:
-        raise _fail("task", str(e)) from None
-    except Exception as e:  # a user's module that fails to import (not an ImportError), a relative module name
-        raise _fail("task", f"cannot load {spec.task!r}: {_error_text(e)}") from None
-    task_args = task_parameters(spec.task)
-    fields = {f.name for f in dataclasses.fields(BMOConfig)}
-    for key in spec.fixed:
-        if key not in fields:
-            hint = " (task arguments go in task_args)" if key in task_args else ""
-            raise _fail(f"fixed.{key}", f"is not a BMOConfig field{hint}")
-    for key in spec.task_args:
-        if key not in task_args:
-            raise _fail(f"task_args.{key}", f"is not an argument of task {spec.task!r} (arguments: {', '.join(task_args)})")
-    for p in spec.space:
-        bare = p.name[len(TASK_PREFIX):] if p.name.startswith(TASK_PREFIX) else p.name
-        if p.name not in fields and bare not in task_args:
-            raise _fail(f"space.{p.name}", f"is neither a BMOConfig field nor an argument of task {spec.task!r}")
-    try:
-        config = BMOConfig.from_dict(spec.fixed)
-    except (ValueError, TypeError) as e:
-        raise _fail("fixed", str(e)) from None
-    for p in spec.space:
-        if p.name not in fields:
-            continue
-        for value in _ends(p):
-            try:
-                dataclasses.replace(config, **{p.name: value})
-            except (ValueError, TypeError) as e:
-                if p.name == "truncate" and "truncate must be <=" in str(e):
-                    continue  # against K: _check_truncate
-                raise _fail(f"space.{p.name}", str(e)) from None
-    _check_truncate(spec, config)
-    seeds = [("fixed.seed", config.seed)] + [("space.seed", v) for p in spec.space if p.name == "seed" for v in _ends(p)]
-    for where, value in seeds:
-        if value >= TORCH_SEEDS:
-            raise _fail(where, f"must be < 2**64 (torch.manual_seed takes no larger seed), got {value}")
-    if spec.scheduler.name == "asha":  # the trial budget, now with BMOConfig's default outer_steps
-        steps = _outer_steps_range(spec.fixed, spec.space) or _Steps(
-            config.outer_steps, config.outer_steps, "fixed.outer_steps", *["BMOConfig's default outer_steps"] * 2)
-        _fit_scheduler(spec.scheduler.grace_period, True, spec.scheduler.max_t, steps)
-    try:
-        problem = make_problem(spec.task, spec.task_args)
-    except (ValueError, TypeError) as e:
-        raise _fail("task_args", _naming(str(e), spec.task_args)) from None
-    except Exception as e:  # e.g. torch refusing a size or a seed: the task cannot be built with these arguments
-        raise _fail("task_args", _naming(f"task {spec.task!r} cannot be built: {_error_text(e)}", spec.task_args)) from None
-    searched_args = [p for p in spec.space if p.name not in fields]
-    for p in searched_args:  # each end of a task argument's range must build the task (as fixed values must)
-        bare = p.name[len(TASK_PREFIX):] if p.name.startswith(TASK_PREFIX) else p.name
-        for value in _ends(p):
-            try:
-                make_problem(spec.task, {**spec.task_args, bare: value})
-            except (ValueError, TypeError) as e:
-                raise _fail(f"space.{p.name}", _naming(str(e), {bare: value})) from None
-            except Exception as e:
-                message = f"task {spec.task!r} cannot be built: {_error_text(e)}"
-                raise _fail(f"space.{p.name}", _naming(message, {bare: value})) from None
-    if spec.objectives[0].value == "averaged" and not searched_args and not any(q.requires_grad for q in problem.parameters()):
-        raise _fail("objective.value", f"averaged needs ω to train, but task {spec.task!r} with these task_args has no "
-                                       "trainable parameters")
-    if spec.task not in TASKS:  # a user's own problem (the shipped tasks have their tests): the conformance checks
-        error = interface_error(lambda: make_problem(spec.task, spec.task_args), config)
-        if error is not None:
-            raise _fail("task", f"{spec.task} fails the conformance check {error} (`hpo check {spec.task}` runs every check)")
-    try:
-        batch = next(iter(problem.batches("val")))
-        u, _ = evaluate_solve(problem, batch, config, K=1)
-        metrics = sorted([*problem.metrics(u, batch), "fp_residual"])
-    except Exception as e:  # what every trial would meet at its first validation
-        raise _fail("task", f"{spec.task!r} fails a first solve with these task_args and fixed values: {_error_text(e)}") from None
-    for i, o in enumerate(spec.objectives):
-        if o.metric not in metrics:
-            where = "objective" if len(spec.objectives) == 1 else f"objective[{i}]"
-            raise _fail(f"{where}.metric", f"task {spec.task!r} does not report {o.metric!r} (it reports: {', '.join(metrics)})")
-    return metrics

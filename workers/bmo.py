@@ -33,6 +33,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from workers.checks import check_at_most, check_bool, check_choice, check_int, check_real
 from workers.problem import Problem
 
 HYPERGRAD_MODES = ("unroll", "truncated", "implicit", "jfb")
@@ -51,25 +52,6 @@ class DivergenceError(BMOError):
         self.outer_step, self.inner_step, self.where = outer_step, inner_step, where
         at = f"outer step {outer_step}" + (f", inner step {inner_step}" if inner_step is not None else "")
         super().__init__(f"diverged: {where} is not finite at {at}")
-
-
-def _check_int(name: str, value, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"BMOConfig.{name} must be an integer >= {minimum}, got {name}={value!r}")
-
-
-def _check_real(name: str, value, low: float, high: float, *, low_open=False, high_open=False) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if ok:
-        ok = (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
-    if not ok:
-        lo, hi = ("(" if low_open else "["), (")" if high_open else "]")
-        raise ValueError(f"BMOConfig.{name} must be a number in {lo}{low}, {high}{hi}, got {name}={value!r}")
-
-
-def _check_choice(name: str, value, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"BMOConfig.{name} must be one of {', '.join(choices)}, got {name}={value!r}")
 
 
 @dataclass(frozen=True)
@@ -98,31 +80,30 @@ class BMOConfig:
     seed: int = 0
 
     def __post_init__(self):
-        _check_real("mu", self.mu, 0.0, 1.0)
-        _check_int("K", self.K, 1)
-        _check_real("s0", self.s0, 0.0, math.inf, low_open=True, high_open=True)
-        _check_real("s_power", self.s_power, 0.0, 1.0, low_open=True)
-        _check_real("gamma", self.gamma, 0.0, math.inf, low_open=True, high_open=True)
-        _check_int("outer_steps", self.outer_steps, 0)
-        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
-        _check_choice("hypergrad", self.hypergrad, HYPERGRAD_MODES)
-        _check_int("truncate", self.truncate, 1)
-        if self.hypergrad == "truncated" and self.truncate > self.K:
-            raise ValueError(f"BMOConfig.truncate must be <= K={self.K}, got truncate={self.truncate}")
-        _check_int("restarts", self.restarts, 0)
-        if not isinstance(self.warm_start, bool):
-            raise ValueError(f"BMOConfig.warm_start must be true or false, got warm_start={self.warm_start!r}")
-        _check_real("eval_mu", self.eval_mu, 0.0, 1.0, high_open=True)
+        check_real("mu", self.mu, 0, 1)
+        check_int("K", self.K, minimum=1)
+        check_real("s0", self.s0, 0, low_open=True)
+        check_real("s_power", self.s_power, 0, 1, low_open=True)
+        check_real("gamma", self.gamma, 0, low_open=True)
+        check_int("outer_steps", self.outer_steps, minimum=0)
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        check_choice("hypergrad", self.hypergrad, HYPERGRAD_MODES)
+        check_int("truncate", self.truncate, minimum=1)
+        if self.hypergrad == "truncated":
+            check_at_most("truncate", self.truncate, "K", self.K)
+        check_int("restarts", self.restarts, minimum=0)
+        check_bool("warm_start", self.warm_start)
+        check_real("eval_mu", self.eval_mu, 0, 1, high_open=True)
         if self.eval_K is not None:
-            _check_int("eval_K", self.eval_K, 1)
-        _check_int("eval_every", self.eval_every, 1)
-        _check_real("implicit_tol", self.implicit_tol, 0.0, 1.0, low_open=True, high_open=True)
-        _check_int("implicit_maxiter", self.implicit_maxiter, 1)
+            check_int("eval_K", self.eval_K, minimum=1)
+        check_int("eval_every", self.eval_every, minimum=1)
+        check_real("implicit_tol", self.implicit_tol, 0, 1, low_open=True, high_open=True)
+        check_int("implicit_maxiter", self.implicit_maxiter, minimum=1)
         if self.grad_clip is not None:
-            _check_real("grad_clip", self.grad_clip, 0.0, math.inf, low_open=True, high_open=True)
-        _check_real("average", self.average, 0.0, 1.0, high_open=True)
-        _check_choice("device", self.device, DEVICES)
-        _check_int("seed", self.seed, 0)
+            check_real("grad_clip", self.grad_clip, 0, low_open=True)
+        check_real("average", self.average, 0, 1, high_open=True)
+        check_choice("device", self.device, DEVICES)
+        check_int("seed", self.seed, minimum=0)
 
     @classmethod
     def from_dict(cls, values: dict) -> BMOConfig:
@@ -493,9 +474,7 @@ def _make_optimizer(config: BMOConfig, problem: Problem):
     groups: dict[float, list[torch.nn.Parameter]] = {}
     for name, p in problem.named_parameters():
         if p.requires_grad:
-            scale = problem.lr_scale(name)
-            if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale < math.inf:
-                raise ValueError(f"{type(problem).__name__}.lr_scale({name!r}) must be a positive number, got {scale!r}")
+            scale = check_real(f"{type(problem).__name__}.lr_scale({name!r})", problem.lr_scale(name), 0, low_open=True)
             groups.setdefault(float(scale), []).append(p)
     param_groups = [{"params": ps, "lr": config.gamma * scale} for scale, ps in groups.items()]
     if config.optimizer == "adam":

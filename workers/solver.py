@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from workers.bmo import BMOConfig, evaluate_solve
+from workers.checks import check_int
 from workers.problem import Problem
 from workers.protocol import SOLVER_FILE, SOLVER_META_FILE
 from workers.tasks import make_problem
@@ -180,8 +181,8 @@ def load_weights(problem: Problem, path) -> dict:
 def apply_solver(solver: Solver, y: Tensor, *, K: int | None = None) -> Tensor:
     """Run ``solver``'s evaluation solve (``K`` steps, default the config's ``eval_steps``) on an
     observation ``y`` (the shape of the task's ``observation_batch``) and return the estimate."""
-    if K is not None and (isinstance(K, bool) or not isinstance(K, int) or K < 1):
-        raise ValueError(f"K must be an integer >= 1, got K={K!r}")
+    if K is not None:
+        check_int("K", K, minimum=1)
     problem = solver.problem
     batch = problem.observation_batch(y.to(device=problem.device, dtype=problem.dtype))
     u, _ = evaluate_solve(problem, batch, solver.config, K=K)

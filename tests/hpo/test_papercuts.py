@@ -11,7 +11,8 @@ from hpo.cli import _spec_overrides, main
 from hpo.errors import HPOError, StorageError, UsageError
 from hpo.jobs import job_rows
 from hpo.space import define_by_run
-from hpo.spec import check_against_task, load_spec
+from hpo.spec import load_spec
+from hpo.task_check import check_against_task
 from hpo.storage import check_storage, default_results_dir
 from tests.hpo.conftest import write_spec
 

@@ -1,11 +1,14 @@
 """Job specs: valid ones parse; each kind of bad spec is one clear line, no traceback, nothing written."""
 
+import sys
+
 import pytest
 import yaml
 
 from hpo.cli import main
 from hpo.errors import SpecError
-from hpo.spec import check_against_task, load_spec, parse_spec
+from hpo.spec import load_spec, parse_spec
+from hpo.task_check import check_against_task
 from tests.hpo.conftest import REPO, write_spec
 
 
@@ -97,11 +100,17 @@ BAD_FOR_TASK = [
     ("unknown task", {"task": "deblur_everything"}, ["task", "'deblur_everything'"]),
     ("unimportable task path", {"task": "no_such_module:Thing"}, ["task", "no_such_module"]),
     ("unknown space key", {"space": {"Kay": {"type": "int", "low": 1, "high": 3}}}, ["space.Kay", "neither a BMOConfig field"]),
-    ("invalid fixed value", {"fixed": {"K": 0}}, ["fixed", "K=0"]),
-    ("range outside BMOConfig's domain", {"space": {"mu": {"type": "float", "low": 0.0, "high": 1.5}}}, ["space.mu", "mu=1.5"]),
+    ("invalid fixed value", {"fixed": {"K": 0}}, ["fixed.K: expected an int >= 1, got 0"]),
+    ("range outside BMOConfig's domain", {"space": {"mu": {"type": "float", "low": 0.0, "high": 1.5}}},
+     ["space.mu: expected a number in [0, 1], got 1.5"]),
     ("metric the task does not produce", {"objective": {"metric": "psnr", "mode": "max"}}, ["objective.metric", "'psnr'", "nmse_db"]),
     ("unknown task argument", {"task_args": {"m": 16, "n": 32, "colour": "red"}}, ["task_args.colour"]),
     ("task argument out of range", {"task_args": {"m": -3}}, ["task_args", "m=-3"]),
+    ("fixed truncate longer than fixed K", {"fixed": {"K": 4, "hypergrad": "truncated", "truncate": 5, "outer_steps": 40}},
+     ["fixed.truncate: expected at most K = 4, got 5"]),
+    ("searched K below a fixed truncate", {"fixed": {"hypergrad": "truncated", "truncate": 3, "outer_steps": 40},
+                                           "space": {"K": {"type": "int", "low": 2, "high": 8}}},
+     ["space.K: expected >= truncate = 3 (fixed.truncate) for hypergrad=truncated, got space.K.low = 2"]),
 ]
 
 
@@ -138,7 +147,7 @@ def test_not_yaml_and_not_a_mapping(tmp_path):
 
 
 def test_parse_spec_rejects_non_mapping_sections():
-    with pytest.raises(SpecError, match="space: must be a mapping"):
+    with pytest.raises(SpecError, match=r"^space: expected a mapping, got \[1, 2\]$"):
         parse_spec({**yaml.safe_load("study: s\ntask: sparse_coding\nobjective: {metric: nmse_db, mode: min}"), "space": [1, 2]})
 
 
@@ -156,3 +165,38 @@ def test_cli_prints_one_line_exits_nonzero_and_writes_nothing(tmp_path, capsys, 
     for word in words:
         assert word in err
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # no database, no results folder
+
+
+CHECKED_TASK = """
+from workers import Problem
+from workers.checks import check_int
+
+
+class Sized(Problem):
+    def __init__(self, size: int = 8, depth: int = 1):
+        super().__init__()
+        check_int("size", size, minimum=4)
+        if depth > 3:
+            raise ValueError("too deep")
+"""
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"task_args": {"size": 2}}, "task_args.size: expected an int >= 4, got 2"),
+    ({"task_args": {}, "space": {"task.size": {"type": "int", "low": 2, "high": 8}}},
+     "space.task.size: expected an int >= 4, got 2"),
+    ({"task_args": {"size": 4, "depth": 5}}, "task_args: too deep (with size=4, depth=5)"),
+    ({"task_args": {}, "space": {"depth": {"type": "int", "low": 1, "high": 5}}}, "space.depth: too deep (with depth=5)"),
+], ids=["argument", "searched argument", "not a check", "searched, not a check"])
+def test_a_task_s_check_error_goes_to_its_argument(tmp_path, monkeypatch, changes, message):
+    """A CheckError of the task names the argument by its field: the spec puts it at that argument's key; any other
+    error goes to task_args (or the searched key) with the values tried."""
+    (tmp_path / "checked_task.py").write_text(CHECKED_TASK)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        spec = load_spec(write_spec(tmp_path, task="checked_task:Sized", **changes))
+        with pytest.raises(SpecError) as info:
+            check_against_task(spec)
+        assert str(info.value) == message
+    finally:
+        sys.modules.pop("checked_task", None)

@@ -29,8 +29,10 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from hpo.errors import HPOError, SpecError
-from hpo.spec import SAMPLERS, check_against_task, parse_spec
+from hpo.spec import SAMPLERS, parse_spec
+from hpo.task_check import check_against_task
 from tests.hpo.conftest import BASE_SPEC
+from workers.checks import CheckError
 
 settings.register_profile("spec-ci", max_examples=500, deadline=None, derandomize=True, database=None,
                           suppress_health_check=[HealthCheck.too_slow])
@@ -261,8 +263,8 @@ def _builds_what_the_driver_builds(spec) -> None:
     searched = {p.name for p in spec.space}
     try:
         config = BMOConfig.from_dict(config_values)
-    except ValueError as e:  # truncate <= K is checked per trial only when both are searched (Optuna cannot tie them)
-        assert "truncate must be <=" in str(e) and {"truncate", "K"} <= searched, e
+    except CheckError as e:  # truncate <= K is checked per trial only when both are searched (Optuna cannot tie them)
+        assert e.fields == ("truncate", "K") and {"truncate", "K"} <= searched, e
     else:
         assert config.outer_steps >= 1
         assert not (spec.objectives[0].value == "averaged" and config.average == 0)
@@ -289,7 +291,7 @@ def test_a_grace_period_adapts_to_the_budget_unless_it_was_set():
     spec = parse_spec(copy.deepcopy(short))
     assert spec.scheduler.grace_period == 5  # the default (10) lowered to the budget
     check_against_task(spec)
-    with pytest.raises(SpecError, match=r"^scheduler\.grace_period: must be <= the trial budget "
+    with pytest.raises(SpecError, match=r"^scheduler\.grace_period: expected <= the trial budget "
                                         r"\(fixed\.outer_steps = 5\), got 10$"):
         parse_spec({**short, "scheduler": {"name": "asha", "grace_period": 10}})
     searched = {**short, "fixed": {"K": 4, "eval_every": 1}, "space": {"outer_steps": {"type": "int", "low": 2, "high": 6}}}

@@ -1,10 +1,11 @@
-"""BMOConfig validation: every bad value is a ValueError naming the field and the value."""
+"""BMOConfig validation: every bad value is a CheckError (a ValueError) naming the field and the value."""
 
 import dataclasses
 
 import pytest
 
 from workers import BMOConfig
+from workers.checks import CheckError
 
 
 @pytest.mark.parametrize(
@@ -35,15 +36,34 @@ from workers import BMOConfig
     ],
 )
 def test_bad_value_names_field_and_value(field, value):
+    with pytest.raises(CheckError) as info:
+        BMOConfig(**{field: value})
+    e = info.value
+    assert e.field == field and e.fields == (field,) and e.got is value
+    assert str(e).startswith(f"{field}: expected ") and str(e).endswith(f", got {value!r}")
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("K", 2.5, "K: expected an int >= 1, got 2.5"),
+    ("K", True, "K: expected an int >= 1, got True"),
+    ("mu", 1.5, "mu: expected a number in [0, 1], got 1.5"),
+    ("s0", float("inf"), "s0: expected a finite number > 0, got inf"),
+    ("eval_mu", 1.0, "eval_mu: expected a number in [0, 1), got 1.0"),
+    ("optimizer", "rmsprop", "optimizer: expected one of sgd, adam, got 'rmsprop'"),
+    ("warm_start", "yes", "warm_start: expected true or false, got 'yes'"),
+])
+def test_bad_value_messages_say_what_was_expected(field, value, message):
     with pytest.raises(ValueError) as info:
         BMOConfig(**{field: value})
-    message = str(info.value)
-    assert f"{field}=" in message and repr(value) in message
+    assert str(info.value) == message
 
 
 def test_truncate_longer_than_K_is_rejected():
-    with pytest.raises(ValueError, match="truncate"):
+    with pytest.raises(CheckError) as info:
         BMOConfig(K=4, hypergrad="truncated", truncate=5)
+    assert str(info.value) == "truncate: expected at most K = 4, got 5"
+    assert info.value.fields == ("truncate", "K")
+    assert BMOConfig(K=4, hypergrad="unroll", truncate=5).truncate == 5  # only truncated tapes truncate steps
 
 
 def test_from_dict_rejects_unknown_keys_by_name():

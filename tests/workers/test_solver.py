@@ -64,7 +64,7 @@ def test_apply_solver_on_the_observation_alone_equals_the_evaluation_solve(train
     assert torch.equal(apply_solver(solver, batch.y), problem.estimate(u, batch))
     u, _ = evaluate_solve(problem, batch, CONFIG, K=7)
     assert torch.equal(apply_solver(solver, batch.y.double(), K=7), problem.estimate(u, batch))
-    with pytest.raises(ValueError, match="K must be an integer >= 1, got K=0"):
+    with pytest.raises(ValueError, match="^K: expected an int >= 1, got 0$"):
         apply_solver(solver, batch.y, K=0)
 
 

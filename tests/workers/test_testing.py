@@ -226,7 +226,7 @@ def test_hpo_check_prints_a_line_per_check(user_dir):
     (["my_mod:Nope"], "'Nope' in 'my_mod' is not a workers.Problem subclass"),
     (["no_such_task"], "unknown task 'no_such_task'"),
     (["my_mod:Good", "--set", "bogus=1"], "has no argument 'bogus'"),
-    (["my_mod:Good", "--set", "K=0"], "BMOConfig.K must be an integer >= 1"),
+    (["my_mod:Good", "--set", "K=0"], "hpo: error: K: expected an int >= 1, got 0\n"),
 ])
 def test_hpo_check_usage_errors_are_one_line_and_exit_2(user_dir, args, words):
     proc = run_cli("check", *args, cwd=user_dir)
@@ -250,7 +250,8 @@ def test_a_spec_with_a_broken_user_problem_is_refused_in_one_line(user_dir):
 
 def test_a_user_problem_that_diverges_at_its_defaults_is_not_refused(user_dir, monkeypatch):
     """Settings that diverge make PRUNED trials (the sampler learns from them), not a refused spec."""
-    from hpo.spec import check_against_task, load_spec
+    from hpo.spec import load_spec
+    from hpo.task_check import check_against_task
 
     monkeypatch.syspath_prepend(str(user_dir))
     spec = load_spec(write_spec(user_dir, task="my_mod:Diverges", task_args={}, objective={"metric": "mse", "mode": "min"},
@@ -264,7 +265,8 @@ def test_a_user_problem_that_diverges_at_its_defaults_is_not_refused(user_dir, m
 def test_the_shipped_tasks_are_not_checked_again(monkeypatch):
     """The registry's tasks have their tests (tests/workers/test_conformance.py); a spec run does not repeat them."""
     import workers.testing
-    from hpo.spec import check_against_task, load_spec
+    from hpo.spec import load_spec
+    from hpo.task_check import check_against_task
 
     monkeypatch.setattr(workers.testing, "run_checks", lambda *a, **k: pytest.fail("run_checks ran on a shipped task"))
     check_against_task(load_spec(REPO / "search_spaces" / "quickstart.yaml"))

@@ -113,8 +113,9 @@ def test_lr_scale_multiplies_the_outer_step_of_the_named_parameters():
 
 @pytest.mark.parametrize("scale", [0.0, -1.0, math.inf, "big", True])
 def test_a_bad_lr_scale_is_one_error_naming_the_parameter(scale):
-    with pytest.raises(ValueError, match=r"_HalfStepOnC.lr_scale\('c'\) must be a positive number"):
+    with pytest.raises(ValueError) as info:
         train(_HalfStepOnC(scale), BMOConfig(K=2, outer_steps=1, device="cpu"))
+    assert str(info.value) == f"_HalfStepOnC.lr_scale('c'): expected a finite number > 0, got {scale!r}"
 
 
 @pytest.mark.parametrize("task,args,extra", [
