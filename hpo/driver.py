@@ -227,34 +227,14 @@ def _run(spec: JobSpec, storage, resume: bool, take: Callable[[optuna.Study], No
         out(f"study {spec.study!r} already has {finished} finished trials (asked: {spec.trials}); nothing to run")
         return summarize(spec, storage, result)
 
-    directions = ["minimize" if o.mode == "min" else "maximize" for o in spec.objectives]
-    existing = finished + len(continuing)
-    seed = None if spec.sampler.seed is None else spec.sampler.seed + existing  # fresh draws after a resume
-    study = optuna.create_study(storage=storage, study_name=spec.study, directions=directions,
-                                sampler=make_sampler(spec.sampler.name, seed, spec.sampler.n_startup_trials), load_if_exists=True)
-    if SPEC_ATTR not in study.user_attrs:
-        study.set_user_attr(SPEC_ATTR, spec_fingerprint(spec))
-        take(study)
-        if spec.seed_from is not None:  # a new study: its first trials are another study's best
-            seed_study(spec, study, out)
-
+    study = _open_study(spec, storage, finished + len(continuing), take, out)
     progress = Progress(spec, spec.trials, out)
     progress.counts.update(counts)  # resumed: count what is already there
     writer = StorageWriter(spec.storage, spec.storage_retry_window, out)
     search = StudySearch(spec=spec, study=study, storage=storage, define_by_run=define_by_run(spec), new_trials=new,
                          continuing=continuing, artifacts=open_artifact_store(spec.storage), writer=writer, out=out,
                          on_finished=progress.finished)
-    scheduler = FIFOScheduler()
-    if spec.scheduler.name == "asha":
-        scheduler = PruneTrackingASHA(
-            search.stopped_by_scheduler,
-            time_attr=P.OUTER_STEP,
-            metric=spec.objectives[0].reported,
-            mode=spec.objectives[0].mode,
-            grace_period=spec.scheduler.grace_period,
-            max_t=spec.scheduler.max_t or _outer_steps(spec),
-            reduction_factor=spec.scheduler.reduction_factor,
-        )
+    scheduler = _scheduler(spec, search.stopped_by_scheduler)
     again = f", continuing {len(continuing)}" if continuing else ""
     out(f"study {spec.study!r} in {spec.storage}: running {new} new trials{again}, {spec.concurrency} at a time"
         f"{_startup_note(spec, finished)}")
@@ -271,6 +251,36 @@ def _run(spec: JobSpec, storage, resume: bool, take: Callable[[optuna.Study], No
     return summarize(spec, storage, result)
 
 
+def _open_study(spec: JobSpec, storage, existing: int, take: Callable[[optuna.Study], None],
+                out: Callable[[str], None]) -> optuna.Study:
+    """Create (or load) the study with the spec's sampler; a new one records the spec and takes its seeds."""
+    directions = ["minimize" if o.mode == "min" else "maximize" for o in spec.objectives]
+    seed = None if spec.sampler.seed is None else spec.sampler.seed + existing  # fresh draws after a resume
+    study = optuna.create_study(storage=storage, study_name=spec.study, directions=directions,
+                                sampler=make_sampler(spec.sampler.name, seed, spec.sampler.n_startup_trials), load_if_exists=True)
+    if SPEC_ATTR not in study.user_attrs:
+        study.set_user_attr(SPEC_ATTR, spec_fingerprint(spec))
+        take(study)
+        if spec.seed_from is not None:  # a new study: its first trials are another study's best
+            seed_study(spec, study, out)
+    return study
+
+
+def _scheduler(spec: JobSpec, stopped: set[str]) -> TrialScheduler:
+    """Tune's scheduler for the spec: ASHA on the outer step (remembering whom it stopped), or FIFO."""
+    if spec.scheduler.name != "asha":
+        return FIFOScheduler()
+    return PruneTrackingASHA(
+        stopped,
+        time_attr=P.OUTER_STEP,
+        metric=spec.objectives[0].reported,
+        mode=spec.objectives[0].mode,
+        grace_period=spec.scheduler.grace_period,
+        max_t=spec.scheduler.max_t or _outer_steps(spec),
+        reduction_factor=spec.scheduler.reduction_factor,
+    )
+
+
 def _fit(spec: JobSpec, search: StudySearch, scheduler, watch: TrialWatch, interrupt: Interrupt, num_samples: int) -> None:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the legacy reporter with verbose=0 prints nothing
     # The Optuna storage keeps every result; Tune's per-trial JSON/CSV/TensorBoard files would only cost time.
@@ -279,27 +289,7 @@ def _fit(spec: JobSpec, search: StudySearch, scheduler, watch: TrialWatch, inter
     # Tune's experiment state (every trial of the run as JSON) serves Tuner.restore, which bmo-hpo does not use
     # (it resumes from the storage): written every 10 minutes and at the end, not every few seconds.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "600")
-    from ray import tune
-
-    from workers.trainable import trainable
-
-    threads = max(1, int(spec.resources.cpu))
-    job = {
-        "task": spec.task,
-        "task_args": spec.task_args,
-        "fixed": spec.fixed,
-        "objectives": [(o.reported, o.mode) for o in spec.objectives],
-        "objective_value": spec.objectives[0].value,
-        "threads": threads,
-        "artifacts": spec.artifacts,
-        "checkpoint_every": spec.checkpoint_every,
-        "keep_models": spec.keep_models,
-        "init_from": spec.init_from,
-    }
-    resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
-    results_dir = spec.results_dir if "://" in spec.results_dir else str(Path(spec.results_dir).resolve())
     name = f"{spec.study.replace('/', '_')}-{time.strftime('%Y%m%d-%H%M%S')}"
-    trainable_ = tune.with_resources(tune.with_parameters(trainable, job=job), resources)
     previous = None
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGINT, interrupt.handle)
@@ -314,32 +304,61 @@ def _fit(spec: JobSpec, search: StudySearch, scheduler, watch: TrialWatch, inter
             budget = None if spec.time_budget is None else spec.time_budget - (time.monotonic() - start)
             if left == 0 or (budget is not None and budget <= 0) or search.interrupted or interrupt.writer.failed:
                 break
-            tune.Tuner(
-                trainable_,
-                tune_config=tune.TuneConfig(
-                    search_alg=search,
-                    scheduler=scheduler,
-                    num_samples=min(left, TUNE_RUN_TRIALS),
-                    max_concurrent_trials=spec.concurrency,
-                    time_budget_s=budget,
-                    reuse_actors=True,  # saves a process start (and a torch import) per trial
-                    trial_dirname_creator=lambda trial: f"trial-{trial.config.get(P.OPTUNA_TRIAL)}-{trial.trial_id}",
-                ),
-                run_config=tune.RunConfig(
-                    name=name if part == 1 else f"{name}-part{part}",
-                    storage_path=results_dir,
-                    verbose=0,
-                    stop=interrupt,
-                    # Only a lost worker or node reaches Tune as an error (the trainable reports the task's own
-                    # errors as results), so every Tune retry is a restart on a healthy node, never a rerun of a bug.
-                    failure_config=tune.FailureConfig(max_failures=spec.max_retries),
-                    checkpoint_config=tune.CheckpointConfig(num_to_keep=None),  # the searcher removes old ones
-                    callbacks=[watch],
-                ),
-            ).fit()
+            run_name = name if part == 1 else f"{name}-part{part}"
+            _tuner(spec, search, scheduler, watch, interrupt, min(left, TUNE_RUN_TRIALS), budget, run_name).fit()
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
+
+
+def _job_settings(spec: JobSpec) -> dict:
+    """What every trial of the job needs besides its own parameters (``workers.trainable``'s ``job``)."""
+    return {
+        "task": spec.task,
+        "task_args": spec.task_args,
+        "fixed": spec.fixed,
+        "objectives": [(o.reported, o.mode) for o in spec.objectives],
+        "objective_value": spec.objectives[0].value,
+        "threads": max(1, int(spec.resources.cpu)),
+        "artifacts": spec.artifacts,
+        "checkpoint_every": spec.checkpoint_every,
+        "keep_models": spec.keep_models,
+        "init_from": spec.init_from,
+    }
+
+
+def _tuner(spec: JobSpec, search: StudySearch, scheduler, watch: TrialWatch, interrupt: Interrupt, num_samples: int,
+           budget: float | None, name: str):
+    """One Tune run of ``num_samples`` trials of the job."""
+    from ray import tune
+
+    from workers.trainable import trainable
+
+    resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
+    results_dir = spec.results_dir if "://" in spec.results_dir else str(Path(spec.results_dir).resolve())
+    return tune.Tuner(
+        tune.with_resources(tune.with_parameters(trainable, job=_job_settings(spec)), resources),
+        tune_config=tune.TuneConfig(
+            search_alg=search,
+            scheduler=scheduler,
+            num_samples=num_samples,
+            max_concurrent_trials=spec.concurrency,
+            time_budget_s=budget,
+            reuse_actors=True,  # saves a process start (and a torch import) per trial
+            trial_dirname_creator=lambda trial: f"trial-{trial.config.get(P.OPTUNA_TRIAL)}-{trial.trial_id}",
+        ),
+        run_config=tune.RunConfig(
+            name=name,
+            storage_path=results_dir,
+            verbose=0,
+            stop=interrupt,
+            # Only a lost worker or node reaches Tune as an error (the trainable reports the task's own
+            # errors as results), so every Tune retry is a restart on a healthy node, never a rerun of a bug.
+            failure_config=tune.FailureConfig(max_failures=spec.max_retries),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=None),  # the searcher removes old ones
+            callbacks=[watch],
+        ),
+    )
 
 
 def summarize(spec: JobSpec, storage, result: JobResult) -> JobResult:

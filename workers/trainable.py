@@ -107,122 +107,143 @@ def load_state(checkpoint) -> tuple[TrainState, list[dict], Best]:
 def trainable(params: dict[str, Any], *, job: dict[str, Any]) -> None:
     """Train one BMO model with ``params`` (searched) over ``job`` (task, task_args, fixed, objectives, ...)."""
     torch.set_num_threads(job.get("threads", 1))
-    cpu_start = time.process_time()
+    _Trial(params, job).run()
 
-    def send(metrics: dict, checkpoint=None) -> None:
+
+class _Trial:
+    """One trial of a job: builds the problem, trains it with reports and checkpoints, reports the final solver."""
+
+    def __init__(self, params: dict[str, Any], job: dict[str, Any]):
+        self.cpu_start = time.process_time()
+        params = dict(params)
+        params.pop(P.OPTUNA_TRIAL, None)
+        self.resume_from = params.pop(P.RESUME_FROM, None)
+        self.config_values, searched_task_args = split_settings({**job["fixed"], **params})
+        self.task_args = {**job["task_args"], **searched_task_args}
+        self.job, self.objectives = job, [tuple(o) for o in job["objectives"]]
+        self.value = job.get("objective_value", "last")
+        self.base = {P.OUTER_STEP: 0, P.OUTER_STEPS: self.config_values.get("outer_steps", BMOConfig.outer_steps),
+                     P.NODE: socket.gethostname(), P.RAY_NODE: ray.get_runtime_context().get_node_id()[:12],
+                     P.GPUS: [str(g) for g in ray.get_gpu_ids()]}  # the (logical) GPUs Ray gave it, shared when fractional
+        self.history: list[dict] = []
+        self.best = Best()
+        self.pending: dict[int, TrainState] = {}  # states to checkpoint, by outer step
+        self.final: dict[str, Any] = {}  # the last step's metrics and state, reported once train returns
+
+    def send(self, metrics: dict, checkpoint=None) -> None:
         """``tune.report`` with the CPU seconds spent so far."""
-        tune.report({**metrics, P.CPU_SECONDS: time.process_time() - cpu_start}, checkpoint=checkpoint)
+        tune.report({**metrics, P.CPU_SECONDS: time.process_time() - self.cpu_start}, checkpoint=checkpoint)
 
-    params = dict(params)
-    params.pop(P.OPTUNA_TRIAL, None)
-    resume_from = params.pop(P.RESUME_FROM, None)
-    config_values, searched_task_args = split_settings({**job["fixed"], **params})
-    task_args = {**job["task_args"], **searched_task_args}
-    objectives = [tuple(o) for o in job["objectives"]]
-    base = {P.OUTER_STEP: 0, P.OUTER_STEPS: config_values.get("outer_steps", BMOConfig.outer_steps),
-            P.NODE: socket.gethostname(), P.RAY_NODE: ray.get_runtime_context().get_node_id()[:12],
-            P.GPUS: [str(g) for g in ray.get_gpu_ids()]}  # the (logical) GPUs Ray gave this trial, shared when fractional
+    def failed(self, message: str) -> None:
+        self.send({**self.base, **_worst(self.objectives), P.TRIAL_ERROR: message,
+                   P.TRIAL_TRACEBACK: traceback.format_exc()[-4000:]})
 
-    def failed(message: str) -> None:
-        send({**base, **_worst(objectives), P.TRIAL_ERROR: message, P.TRIAL_TRACEBACK: traceback.format_exc()[-4000:]})
-
-    try:
-        config = BMOConfig.from_dict(config_values)
-        problem = make_problem(job["task"], task_args)
-        if job.get("init_from"):
-            from workers.solver import load_weights
-
-            load_weights(problem, job["init_from"])
-    except (ValueError, TypeError) as e:
-        failed(f"invalid settings: {e}")
-        return
-    except Exception as e:  # the task's own code (an import, a constructor) is broken: fail, never retry
-        failed(f"the task could not be built: {type(e).__name__}: {e}")
-        return
-
-    start, history, best = None, [], Best()
-    checkpoint = tune.get_checkpoint() or (tune.Checkpoint(resume_from) if resume_from else None)
-    if checkpoint is not None:
+    def run(self) -> None:
         try:
-            start, history, best = load_state(checkpoint)
-        except Exception as e:  # noqa: BLE001 - a checkpoint cut short by a crash: start over, and say so
-            base["checkpoint_error"] = f"{type(e).__name__}: {e}"[:300]
-    base["resumed_from"] = 0 if start is None else start.step
-    every = job.get("checkpoint_every", 0)
-    value = job.get("objective_value", "last")
-    pending: dict[int, TrainState] = {}
-    final: dict[str, Any] = {}
+            self.config = BMOConfig.from_dict(self.config_values)
+            self.problem = make_problem(self.job["task"], self.task_args)
+            if self.job.get("init_from"):
+                from workers.solver import load_weights
 
-    def keep(state: TrainState) -> None:
-        pending[state.step] = state
-
-    def report(step: int, metrics: dict[str, float]) -> None:
-        validated = metrics[P.VAL_STEP] == step
-        if validated and not (history and history[-1]["step"] == step):
-            history.append({"step": step, **{k: v for k, v in metrics.items() if k == "upper_loss" or k.startswith(P.VAL_PREFIX)}})
-            if value == "best":
-                best.see(step, metrics, objectives, problem)
-        metrics = {**metrics, **best.values}
-        if step == config.outer_steps:  # reported once train returns, with the solver
-            final.update(metrics=metrics, state=pending.pop(step, None))
+                load_weights(self.problem, self.job["init_from"])
+        except (ValueError, TypeError) as e:
+            self.failed(f"invalid settings: {e}")
             return
-        if validated or step in pending:
-            out = {**base, **metrics, P.OUTER_STEP: step, P.DEVICE: str(problem.device)}
-            state = pending.pop(step, None)
+        except Exception as e:  # the task's own code (an import, a constructor) is broken: fail, never retry
+            self.failed(f"the task could not be built: {type(e).__name__}: {e}")
+            return
+        start = self.restore()
+        try:
+            self.train(start)
+        except DivergenceError as e:
+            self.send({**self.base, **_worst(self.objectives), P.OUTER_STEP: e.outer_step, P.DIVERGED: str(e)})
+        except _Unusable as e:
+            self.send({**self.base, **_worst(self.objectives), P.OUTER_STEP: self.config.outer_steps, P.TRIAL_ERROR: str(e)})
+        except Exception as e:  # a bug or a resource error in the task: reported, not raised (Tune would retry it)
+            self.failed(f"{type(e).__name__}: {e}")
+
+    def restore(self) -> TrainState | None:
+        """The state to continue from: Tune's checkpoint after a lost worker, or the driver's after a restart."""
+        checkpoint = tune.get_checkpoint() or (tune.Checkpoint(self.resume_from) if self.resume_from else None)
+        start = None
+        if checkpoint is not None:
+            try:
+                start, self.history, self.best = load_state(checkpoint)
+            except Exception as e:  # noqa: BLE001 - a checkpoint cut short by a crash: start over, and say so
+                self.base["checkpoint_error"] = f"{type(e).__name__}: {e}"[:300]
+        self.base["resumed_from"] = 0 if start is None else start.step
+        return start
+
+    def train(self, start: TrainState | None) -> None:
+        problem, config = self.problem, self.config
+        if self.job.get("init_from") and start is None:  # a fine-tuned trial's first report: the solver it starts from
+            self.send({**self.base, **{f"{P.VAL_PREFIX}{k}": v for k, v in evaluate(problem, config, "val").items()},
+                       P.VAL_STEP: 0, P.DEVICE: str(problem.device)})
+        every = self.job.get("checkpoint_every", 0) or default_checkpoint_every(config.outer_steps)
+        # the last step always checkpoints: its checkpoint carries the solver
+        result = train(problem, config, report=self.report, start=start, checkpoint=self.keep, checkpoint_every=every)
+        if not self.final and start is not None and start.step == config.outer_steps:  # stopped after its last step
+            metrics = {**start.val, **self.best.values, P.VAL_STEP: start.val_step, "seconds": start.seconds}
+            self.final.update(metrics=metrics, state=start)
+        self.finish(self.final["metrics"], self.final["state"], result.average)
+
+    def keep(self, state: TrainState) -> None:
+        self.pending[state.step] = state
+
+    def report(self, step: int, metrics: dict[str, float]) -> None:
+        """``train``'s report of outer step ``step``: every validation and checkpoint goes to Tune."""
+        validated = metrics[P.VAL_STEP] == step
+        if validated and not (self.history and self.history[-1]["step"] == step):
+            self.history.append({"step": step, **{k: v for k, v in metrics.items()
+                                                  if k == "upper_loss" or k.startswith(P.VAL_PREFIX)}})
+            if self.value == "best":
+                self.best.see(step, metrics, self.objectives, self.problem)
+        metrics = {**metrics, **self.best.values}
+        if step == self.config.outer_steps:  # reported once train returns, with the solver
+            self.final.update(metrics=metrics, state=self.pending.pop(step, None))
+            return
+        if validated or step in self.pending:
+            out = {**self.base, **metrics, P.OUTER_STEP: step, P.DEVICE: str(self.problem.device)}
+            state = self.pending.pop(step, None)
             if state is None:
-                send(out)
+                self.send(out)
                 return
             with tempfile.TemporaryDirectory(prefix="bmo-ckpt-") as tmp:
-                save_state(Path(tmp), state, history, best)
-                send(out, checkpoint=tune.Checkpoint.from_directory(tmp))
+                save_state(Path(tmp), state, self.history, self.best)
+                self.send(out, checkpoint=tune.Checkpoint.from_directory(tmp))
 
-    def finish(metrics: dict[str, float], state: TrainState | None, average) -> None:
+    def finish(self, metrics: dict[str, float], state: TrainState | None, average) -> None:
         """The last report: its checkpoint holds the state, the solver (the weights the objective is of),
         the figures, and the solver's test metrics."""
-        unusable = P.unusable_final(metrics, [key for key, _ in objectives])
+        unusable = P.unusable_final(metrics, [key for key, _ in self.objectives])
         if unusable:
             raise _Unusable(unusable)
-        out = {**base, **metrics, P.OUTER_STEP: config.outer_steps, P.DEVICE: str(problem.device)}
+        problem = self.problem
+        out = {**self.base, **metrics, P.OUTER_STEP: self.config.outer_steps, P.DEVICE: str(problem.device)}
         with tempfile.TemporaryDirectory(prefix="bmo-ckpt-") as tmp:
             directory = Path(tmp)
             if state is not None:
-                save_state(directory, state, history, best)
-            if value == "best" and best.state is not None:
-                problem.load_state_dict(best.state)
-            elif value == "averaged" and average is not None:
+                save_state(directory, state, self.history, self.best)
+            if self.value == "best" and self.best.state is not None:
+                problem.load_state_dict(self.best.state)
+            elif self.value == "averaged" and average is not None:
                 with torch.no_grad():
                     for p, a in zip([p for p in problem.parameters() if p.requires_grad], average):
                         p.copy_(a)
             out.update({f"{P.REFINED_PREFIX}{k}": v for k, v in problem.learned_values().items()})
-            write_solver(directory, out)
-            send(out, checkpoint=tune.Checkpoint.from_directory(tmp))
+            self.write_solver(directory, out)
+            self.send(out, checkpoint=tune.Checkpoint.from_directory(tmp))
 
-    def write_solver(directory: Path, out: dict) -> None:
+    def write_solver(self, directory: Path, out: dict) -> None:
         """The final solver, its test metrics and the figures, into the last checkpoint."""
         from workers.solver import save_solver
 
+        problem, config, job = self.problem, self.config, self.job
         test = {f"{P.TEST_PREFIX}{k}": v for k, v in evaluate(problem, config, "test").items()}
         out.update(test)
         if job.get("keep_models", "all") != "none":
-            save_solver(directory, problem, config, task=job["task"], task_args=task_args,
+            save_solver(directory, problem, config, task=job["task"], task_args=self.task_args,
                         metrics={k.removeprefix(P.TEST_PREFIX): v for k, v in test.items()})
         if job.get("artifacts", False):
-            metric = objectives[0][0].removeprefix("val_best_").removeprefix("val_avg_").removeprefix(P.VAL_PREFIX)
-            write_figures(directory, problem, config, history, metric)
-
-    try:
-        if job.get("init_from") and start is None:  # a fine-tuned trial's first report: the solver it starts from
-            send({**base, **{f"{P.VAL_PREFIX}{k}": v for k, v in evaluate(problem, config, "val").items()},
-                         P.VAL_STEP: 0, P.DEVICE: str(problem.device)})
-        # the last step always checkpoints: its checkpoint carries the solver
-        result = train(problem, config, report=report, start=start, checkpoint=keep,
-                       checkpoint_every=every or default_checkpoint_every(config.outer_steps))
-        if not final and start is not None and start.step == config.outer_steps:  # stopped after its last step
-            final.update(metrics={**start.val, **best.values, P.VAL_STEP: start.val_step, "seconds": start.seconds}, state=start)
-        finish(final["metrics"], final["state"], result.average)
-    except DivergenceError as e:
-        send({**base, **_worst(objectives), P.OUTER_STEP: e.outer_step, P.DIVERGED: str(e)})
-    except _Unusable as e:
-        send({**base, **_worst(objectives), P.OUTER_STEP: config.outer_steps, P.TRIAL_ERROR: str(e)})
-    except Exception as e:  # a bug or a resource error in the task: reported, not raised (Tune would retry it)
-        failed(f"{type(e).__name__}: {e}")
+            metric = self.objectives[0][0].removeprefix("val_best_").removeprefix("val_avg_").removeprefix(P.VAL_PREFIX)
+            write_figures(directory, problem, config, self.history, metric)
