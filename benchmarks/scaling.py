@@ -39,7 +39,7 @@ REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 
 from machine import machine_info  # noqa: E402  (benchmarks/machine.py; this folder is on sys.path when run as a script)
-from tests.hpo.clusters import LocalCluster  # noqa: E402  (cluster/local.sh on free ports, own temp dir)
+from cluster.local_cluster import LocalCluster  # noqa: E402  (cluster/local.sh on free ports, own temp dir)
 
 GOAL = 1.8
 TASK_ARGS = {"m": 32, "n": 64, "batch_size": 64, "val_size": 256, "test_size": 256}

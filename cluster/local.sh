@@ -169,6 +169,7 @@ stop_all() {  # $1: "quiet" to print nothing (cleaning up after a failed `up`: s
 #  - a worker node runs `ray start` through WORKER_START, which keeps 127.0.0.1 as given by
 #    replacing that one private function (Ray has no public option for it) and passes the
 #    variable on to the node's own processes.
+# (tests/hpo/test_ray_private.py fails on a Ray without that function: hpo/ray_private.py lists it.)
 LOOPBACK=RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
 WORKER_START='import os, sys
 from ray._private import services

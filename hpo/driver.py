@@ -31,6 +31,7 @@ from hpo.errors import SpecError, StorageError
 from hpo.lease import Lease
 from hpo.progress import Progress
 from hpo.ray_cluster import check_resources, check_results_dir, connect_ray
+from hpo.results import best_of, state_counts
 from hpo.resume import SPEC_ATTR, prepare_study, spec_fingerprint
 from hpo.search import StudySearch, lost_reason
 from hpo.seeding import seed_study, source_study
@@ -368,16 +369,12 @@ def summarize(spec: JobSpec, storage, result: JobResult) -> JobResult:
     study = optuna.load_study(study_name=spec.study, storage=storage)
     save_study_plots(study, spec.objectives[0].metric, spec.fixed)
     trials = study.get_trials(deepcopy=False)
-    result.complete = sum(t.state == TrialState.COMPLETE for t in trials)
-    result.pruned = sum(t.state == TrialState.PRUNED for t in trials)
-    result.failed = sum(t.state == TrialState.FAIL for t in trials)
-    result.running = sum(t.state == TrialState.RUNNING for t in trials)
+    counts = state_counts(trials)
+    result.complete, result.pruned, result.failed, result.running = (counts[k] for k in ("complete", "pruned", "failed", "running"))
     result.metric = spec.objectives[0].metric
-    if result.complete:
-        best = study.best_trials if spec.multi_objective else [study.best_trial]
-        result.best = [{"number": t.number, "values": t.values, "params": t.params} for t in best]
-        if not spec.multi_objective:
-            result.median = statistics.median(t.value for t in trials if t.state == TrialState.COMPLETE)
+    result.best = [{"number": t.number, "values": t.values, "params": t.params} for t in best_of(study)]
+    if result.complete and not spec.multi_objective:
+        result.median = statistics.median(t.value for t in trials if t.state == TrialState.COMPLETE)
     return result
 
 

@@ -15,10 +15,6 @@ from optuna.trial import TrialState
 BEST_SHOWN = 5
 
 
-def _value(study: optuna.Study, t) -> float | None:
-    return None if t.values is None else t.values[0]
-
-
 def convergence_figure(study: optuna.Study, metric: str):
     """Intermediate values vs outer step of the best COMPLETE trials (first objective)."""
     import plotly.graph_objects as go

@@ -65,29 +65,39 @@ def list_studies(url: str) -> list[dict]:
     for s in optuna.get_all_study_summaries(storage, include_best_trial=False):
         study = optuna.load_study(study_name=s.study_name, storage=storage)
         trials = study.get_trials(deepcopy=False)
-        count = lambda state: sum(t.state == state for t in trials)  # noqa: E731
+        counts = state_counts(trials)
         best = None
-        if count(TrialState.COMPLETE):
+        if counts["complete"]:
             best = [t.values for t in study.best_trials] if len(study.directions) > 1 else study.best_value
         rows.append({
             "study": s.study_name,
             "directions": [d.name.lower() for d in study.directions],
             "trials": len(trials),
-            "complete": count(TrialState.COMPLETE),
-            "pruned": count(TrialState.PRUNED),
-            "failed": count(TrialState.FAIL),
-            "running": count(TrialState.RUNNING),
+            **counts,
             "best": best,
         })
     return rows
 
 
+def state_counts(trials: list[FrozenTrial]) -> dict[str, int]:
+    """How many of ``trials`` are COMPLETE, PRUNED, FAIL and RUNNING: ``{"complete", "pruned", "failed", "running"}``."""
+    states = {"complete": TrialState.COMPLETE, "pruned": TrialState.PRUNED, "failed": TrialState.FAIL,
+              "running": TrialState.RUNNING}
+    return {name: sum(t.state == state for t in trials) for name, state in states.items()}
+
+
+def best_of(study: optuna.Study) -> list[FrozenTrial]:
+    """The best trial (single objective) or the Pareto front (multi-objective); [] before a trial is COMPLETE."""
+    if not any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
+        return []
+    return study.best_trials if len(study.directions) > 1 else [study.best_trial]
+
+
 def best_trials(url: str, study: str) -> list[dict]:
     """The best trial (single objective) or the Pareto front (multi-objective), as records."""
-    s = load(url, study)
-    if not any(t.state == TrialState.COMPLETE for t in s.get_trials(deepcopy=False)):
+    best = best_of(load(url, study))
+    if not best:
         raise StorageError(f"study {study!r} has no complete trial yet")
-    best = s.best_trials if len(s.directions) > 1 else [s.best_trial]
     return [trial_record(t) for t in best]
 
 

@@ -22,6 +22,7 @@ What it records in the storage (the driver is the only writer):
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -79,6 +80,7 @@ class StudySearch(Searcher):
         self._started: dict[str, float] = {}
         self._superseded: dict[str, str] = {}  # continued trials: the previous run's checkpoint, removed once replaced
         self._checkpoints: dict[str, tuple] = {}  # Tune trial id -> (its latest ray.tune.Checkpoint, its step)
+        self._checkpoint_added = threading.Condition()  # notified by `checkpointed`, awaited by `_final_checkpoint`
         self.tune_trials: dict[str, object] = {}  # Tune trial id -> Tune's Trial (its error file), from the driver
         self._done: set[str] = set()
         self.stopped_by_scheduler: set[str] = set()
@@ -176,8 +178,10 @@ class StudySearch(Searcher):
         trial = self._trials.get(trial_id)
         if trial is None:
             return
-        previous = self._checkpoints.get(trial_id)
-        self._checkpoints[trial_id] = (checkpoint, step)
+        with self._checkpoint_added:
+            previous = self._checkpoints.get(trial_id)
+            self._checkpoints[trial_id] = (checkpoint, step)
+            self._checkpoint_added.notify_all()
         where = {"uri": checkpoint_uri(checkpoint, self.spec.results_dir), "step": step}
         self._writer.submit(lambda: trial.set_user_attr(CHECKPOINT_ATTR, where))
         # Only the latest checkpoint is kept per trial, across runs too, removed once the storage points at the new
@@ -190,12 +194,10 @@ class StudySearch(Searcher):
     def _final_checkpoint(self, trial_id: str, step: int | None, wait_s: float = 30.0):
         """The trial's checkpoint of outer step ``step`` (its last). Tune may tell the searcher that a trial
         ended before its callbacks see the last checkpoint, so this waits for it (on the writer's thread)."""
-        deadline = time.monotonic() + wait_s
-        while True:
+        with self._checkpoint_added:
+            self._checkpoint_added.wait_for(lambda: self._checkpoints.get(trial_id, (None, None))[1] == step, timeout=wait_s)
             checkpoint, at = self._checkpoints.get(trial_id, (None, None))
-            if at == step or time.monotonic() > deadline:
-                return checkpoint if at == step else None
-            time.sleep(0.05)
+        return checkpoint if at == step else None
 
     def remaining(self) -> int:
         """Trials not yet handed to Tune: interrupted ones to continue and new ones to ask for."""
@@ -278,6 +280,7 @@ class StudySearch(Searcher):
         # Each attribute is one storage commit: record what a user needs, nothing Optuna already keeps.
         attrs = {
             "wall_time_s": round(ended.seconds, 3),
+            "cpu_time_s": None if last.get(P.CPU_SECONDS) is None else round(float(last[P.CPU_SECONDS]), 3),
             "device": last.get(P.DEVICE),
             "node": last.get(P.NODE),
             "ray_node": last.get(P.RAY_NODE),

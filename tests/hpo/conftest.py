@@ -162,7 +162,7 @@ def own_postgres():
     import shutil
     import tempfile
 
-    from tests.hpo.clusters import free_port
+    from tests.support import free_port
 
     directory = Path(tempfile.mkdtemp(prefix="bmo-pg-", dir="/tmp"))  # pytest's tmp_path is root's only
     server = OwnPostgres(directory, free_port())

@@ -15,8 +15,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from tests.hpo.clusters import wait_for
 from tests.hpo.conftest import write_spec
+from tests.support import wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -2,7 +2,7 @@
 
 The clusters are ``cluster/local.sh`` (head without CPUs + worker nodes, each its own raylet and
 process group) or a head whose real autoscaler adds nodes on this machine (Ray's fake multi-node
-provider); each on free ports and in its own temp directory (``tests/hpo/clusters.py``). The GPUs
+provider); each on free ports and in its own temp directory (``cluster/local_cluster.py``, ``tests/hpo/clusters.py``). The GPUs
 are logical: Ray schedules by them and hands out ids, torch runs on the CPU.
 """
 
@@ -18,11 +18,13 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from hpo.ray_cluster import autoscaler_node_types, check_resources
+from cluster.local_cluster import LocalCluster
 from hpo.errors import ClusterError
+from hpo.ray_cluster import autoscaler_node_types, check_resources
 from hpo.spec import load_spec
-from tests.hpo.clusters import FakeAutoscalingCluster, LocalCluster, wait_for
+from tests.hpo.clusters import FakeAutoscalingCluster
 from tests.hpo.conftest import run_cli, write_spec
+from tests.support import wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -96,12 +96,6 @@ def study_detail(base: str, name: str = "s") -> dict:
     return {"study_id": ids[name], **json.loads(body)}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.parametrize("url, expected", [
     ("sqlite:///path/to/studies.db", Path("path/to/artifacts")),
     ("sqlite:////abs/dir/x.db", Path("/abs/dir/artifacts")),

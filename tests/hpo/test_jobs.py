@@ -2,7 +2,6 @@
 
 import os
 import signal
-import socket
 import subprocess
 import time
 
@@ -12,23 +11,18 @@ from optuna.trial import TrialState
 
 from hpo.cli import main
 from tests.hpo.conftest import run_cli, write_spec
+from tests.support import free_port
 
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def jobs_address():
     """A Ray head (2 CPUs) with the dashboard and jobs API on 127.0.0.1 and token authentication."""
-    port, dash = _free_port(), _free_port()
+    port, dash = free_port(), free_port()
     # Own agent ports: the session's other Ray instance already holds the default ones.
-    agent_ports = [f"--dashboard-agent-listen-port={_free_port()}", f"--dashboard-agent-grpc-port={_free_port()}",
-                   f"--runtime-env-agent-port={_free_port()}", f"--metrics-export-port={_free_port()}"]
+    agent_ports = [f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+                   f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}"]
     saved = os.environ.get("RAY_AUTH_MODE")
     os.environ["RAY_AUTH_MODE"] = "token"  # the head and this process's clients (token in ~/.ray/auth_token)
     head = subprocess.Popen(
@@ -107,7 +101,7 @@ def test_errors_are_one_line(tmp_path, jobs_address, capsys):
     assert main(["jobs", "status", "raysubmit_nope", "--address", jobs_address]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no job 'raysubmit_nope'" in err
-    assert main(["jobs", "list", "--address", f"http://127.0.0.1:{_free_port()}"]) == 2
+    assert main(["jobs", "list", "--address", f"http://127.0.0.1:{free_port()}"]) == 2
     assert "no Ray cluster's jobs API" in capsys.readouterr().err
     proc = run_cli("jobs", "list", "--address", jobs_address, env={"RAY_AUTH_MODE": "disabled"})
     assert proc.returncode == 2 and "requires token authentication" in proc.stderr and "Traceback" not in proc.stderr

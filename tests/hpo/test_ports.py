@@ -16,8 +16,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.hpo.clusters import LOCAL_SH, LocalCluster, wait_for
+from cluster.local_cluster import LOCAL_SH, LocalCluster
 from tests.hpo.conftest import REPO, write_spec
+from tests.support import wait_for
 
 pytestmark = pytest.mark.slow
 
