@@ -67,7 +67,7 @@ def make_sampler(name: str, seed: int | None, n_startup_trials: int | None = Non
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "gp":
-        return optuna.samplers.GPSampler(seed=seed, **startup)
+        return optuna.samplers.GPSampler(seed=seed, warn_independent_sampling=False, **startup)
     if name == "cmaes":
         return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False, **startup)
     if name == "nsga2":
