@@ -327,6 +327,7 @@ def _cmd_apply(args: argparse.Namespace) -> int:
     import torch
 
     from workers import apply_solver, load_solver
+    from workers.checks import CheckError
 
     torch.set_num_threads(1)
     _find_modules_here()
@@ -352,6 +353,8 @@ def _cmd_apply(args: argparse.Namespace) -> int:
     try:
         estimate = apply_solver(solver, y, K=K).detach().cpu().numpy()
     except (ValueError, NotImplementedError) as e:  # the observation does not fit the task (observation_batch)
+        if isinstance(e, CheckError) and e.field == "y":  # observation_batch's check of the observation y
+            raise UsageError(f"--input {source}: a {task} solver expects {e.expected}, got {e.got!r}") from None
         raise UsageError(f"--input {source}: {e}") from None
     if kind == "image":
         from PIL import Image

@@ -1,7 +1,8 @@
 """A parsed job spec against BMOConfig and its task: what ``parse_spec`` cannot see without the task (imports torch).
 
-Space and fixed keys must be BMOConfig fields or task arguments; fixed values and each space range's ends
-must make a valid BMOConfig; the task must build with ``task_args`` (and each end of a searched argument's
+Space and fixed keys must be BMOConfig fields or task arguments (the fields of the task's ``Args`` dataclass, or
+the constructor's keyword arguments of a problem without one: ``workers.tasks.task_arguments``); fixed values
+and each space range's ends must make a valid BMOConfig; the task must build with ``task_args`` (and each end of a searched argument's
 range) and, if it is a ``module:Class``, pass the conformance checks (``workers.testing``); each objective
 must be a metric the task reports. Errors are ``SpecError``s naming the spec's field: a ``CheckError`` of
 BMOConfig or of a task is put at its field by its ``field`` (``fixed.K``, ``task_args.m``), never by its text.
@@ -51,9 +52,10 @@ def _with(message: str, values: dict) -> str:
 
 
 def _load_task(task: str) -> dict[str, Any]:
-    """The task's arguments (and defaults), after importing it."""
+    """The task's arguments (name → default), after importing it: its ``Args`` dataclass's fields, or for a problem
+    without one its constructor's keyword arguments (``workers.tasks.task_arguments``)."""
     from workers import resolve_task
-    from workers.tasks import task_parameters
+    from workers.tasks import task_arguments
 
     try:
         resolve_task(task)
@@ -61,7 +63,10 @@ def _load_task(task: str) -> dict[str, Any]:
         raise spec_error("task", str(e)) from None
     except Exception as e:  # a user's module that fails to import (not an ImportError), a relative module name
         raise spec_error("task", f"cannot load {task!r}: {_error_text(e)}") from None
-    return task_parameters(task)
+    try:
+        return task_arguments(task)
+    except ValueError as e:  # an Args that is not a dataclass
+        raise spec_error("task", str(e)) from None
 
 
 def _check_keys(spec: JobSpec, task_args: dict) -> set[str]:

@@ -45,6 +45,42 @@ variables ω that BMO's outer loop learns. Write your own in one file::
 
 Check it with ``hpo check my_module:Denoise`` (or ``workers.testing``'s suite in your tests).
 
+Arguments: a job spec's ``task_args`` (and ``hpo train --set``) are keyword arguments of the constructor. A
+problem may declare them as a frozen dataclass and point the class attribute ``Args`` at it, as the shipped
+tasks do (``SparseCodingArgs``, ``DeconvolutionArgs``, ``DerainArgs``): its fields, with the constructor's
+names and defaults, are then the task's arguments, and its ``__post_init__`` checks them with
+``workers.checks`` (``check_int``, ``check_real``, ``check_choice``, ...), whose ``CheckError`` names the
+argument, so that a spec's error names ``task_args.<argument>`` (or ``space.<argument>``). Build it first
+thing in the constructor, so that a direct ``Denoise(noise=-1)`` is checked too::
+
+    from workers.checks import check_int, check_real
+
+    @dataclass(frozen=True)
+    class DenoiseArgs:
+        n: int = 32
+        batch_size: int = 16
+        noise: float = 0.1
+        seed: int = 0
+
+        def __post_init__(self):
+            check_int("n", self.n, minimum=1)
+            check_int("batch_size", self.batch_size, minimum=1)
+            check_real("noise", self.noise, 0)
+            check_int("seed", self.seed, minimum=0)
+
+    class Denoise(Problem):
+        Args = DenoiseArgs
+
+        def __init__(self, n=32, batch_size=16, noise=0.1, seed=0):
+            super().__init__()
+            self.args = DenoiseArgs(n, batch_size, noise, seed)
+            ...
+
+Without ``Args`` declared on the class itself (the fallback; a subclass of a shipped task that takes other
+arguments declares its own ``Args`` or none, since its parent's is not inherited for this) the task's
+arguments are read from the constructor's signature (its named parameters; ``**kwargs`` accepts nothing more), and any check it makes is its own: a ``CheckError`` from
+``workers.checks`` still puts an error at its argument, any other error goes to ``task_args`` as a whole.
+
 Conventions:
 
 - The first dimension of ``u`` is the batch. ``upper_loss`` is a scalar mean over
@@ -71,6 +107,7 @@ Conventions:
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -85,6 +122,9 @@ class Problem(nn.Module):
     nonexpansive: bool = False
     #: What ``hpo apply`` reads and writes: "image" (grayscale PNG) or "vector" (``.npy``).
     observation_kind: str = "vector"
+    #: The dataclass of the constructor's keyword arguments (names, defaults and checks), or None: the task's
+    #: arguments are then read from the constructor's signature (see the module's docstring).
+    Args: ClassVar[type | None] = None
 
     def init(self, batch) -> Tensor:
         """Return the initial iterate u⁰ for ``batch``."""
@@ -119,8 +159,8 @@ class Problem(nn.Module):
 
     def observation_batch(self, y: Tensor):
         """A batch holding only the observation ``y`` (on the problem's device and dtype; no ground
-        truth), for running a trained solver on a user's data. Raise ``ValueError`` naming the
-        expected shape when ``y`` does not fit."""
+        truth), for running a trained solver on a user's data. Raise a ``ValueError`` naming the
+        expected shape when ``y`` does not fit (the shipped tasks: ``CheckError("y", "shape ...", tuple(y.shape))``)."""
         raise NotImplementedError(f"{type(self).__name__} does not support running on user data: define observation_batch(y)")
 
     def degradation(self) -> str:

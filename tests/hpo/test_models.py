@@ -176,12 +176,14 @@ def test_apply_errors_are_one_line_and_write_nothing(studies, tmp_path, capsys):
     (tmp_path / "bad.pt").write_bytes(b"not a solver at all" * 10)
     out_png, out_npy = tmp_path / "out.png", tmp_path / "out.npy"
     cases = [
-        ([deconv, "-i", "small.png", "-o", out_png], "deconvolution: images must be at least 9x9 pixels", "got 8x40"),
+        ([deconv, "-i", "small.png", "-o", out_png], "small.png: a deconvolution solver expects images of at least 9x9 pixels",
+         "got (1, 1, 8, 40)"),
         ([deconv, "-i", "y16.npy", "-o", out_png], "y16.npy is not an image", "grayscale PNG"),
         ([deconv, "-i", "rgb.png", "-o", out_png], "rgb.png is a PNG of mode RGB"),
         ([deconv, "-i", "ok.png", "-o", out_npy], "a deconvolution solver writes .png files"),
         ([sparse, "-i", "ok.png", "-o", out_npy], "ok.png is not a .npy array", "(m,) or a batch (B, m)"),
-        ([sparse, "-i", "y20.npy", "-o", out_npy], "sparse_coding: y must have shape (B, m) = (B, 16), got (1, 20)"),
+        ([sparse, "-i", "y20.npy", "-o", out_npy],
+         "y20.npy: a sparse_coding solver expects shape (B, m) = (B, 16), got (1, 20)"),
         ([sparse, "-i", "cube.npy", "-o", out_npy], "array of shape (2, 2, 16)"),
         ([sparse, "-i", "missing.npy", "-o", out_npy], "missing.npy: no such file"),
         ([sparse, "-i", "y16.npy", "-o", out_npy, "--K", "0"], "--K must be a positive integer, got 0"),

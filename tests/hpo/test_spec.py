@@ -9,7 +9,7 @@ from hpo.cli import main
 from hpo.errors import SpecError
 from hpo.spec import load_spec, parse_spec
 from hpo.task_check import check_against_task
-from tests.hpo.conftest import REPO, write_spec
+from tests.hpo.conftest import BASE_SPEC, REPO, write_spec
 
 
 @pytest.mark.parametrize("name", ["quickstart.yaml", "sparse_coding.yaml", "deconvolution.yaml", "derain.yaml"])
@@ -105,7 +105,7 @@ BAD_FOR_TASK = [
      ["space.mu: expected a number in [0, 1], got 1.5"]),
     ("metric the task does not produce", {"objective": {"metric": "psnr", "mode": "max"}}, ["objective.metric", "'psnr'", "nmse_db"]),
     ("unknown task argument", {"task_args": {"m": 16, "n": 32, "colour": "red"}}, ["task_args.colour"]),
-    ("task argument out of range", {"task_args": {"m": -3}}, ["task_args", "m=-3"]),
+    ("task argument out of range", {"task_args": {"m": -3}}, ["task_args.m: expected an int >= 1, got -3"]),
     ("fixed truncate longer than fixed K", {"fixed": {"K": 4, "hypergrad": "truncated", "truncate": 5, "outer_steps": 40}},
      ["fixed.truncate: expected at most K = 4, got 5"]),
     ("searched K below a fixed truncate", {"fixed": {"hypergrad": "truncated", "truncate": 3, "outer_steps": 40},
@@ -165,6 +165,92 @@ def test_cli_prints_one_line_exits_nonzero_and_writes_nothing(tmp_path, capsys, 
     for word in words:
         assert word in err
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # no database, no results folder
+
+
+SMALL_IMAGES = {"size": 32, "patch": 16, "batch_size": 2, "width": 4, "depth": 2}
+
+
+TASK_ARGUMENT_ERRORS = [
+    ("sparse_coding", {"m": 16, "n": 0}, {}, "task_args.n: expected an int >= 1, got 0"),
+    ("sparse_coding", {"m": 16, "n": 32, "operator": "lista"}, {},
+     "task_args.operator: expected one of ista, fista, tied_coupled, untied_coupled, lista_tied, lista_untied, got 'lista'"),
+    ("sparse_coding", {"m": 16, "n": 32}, {"task.lam": {"type": "float", "low": -0.1, "high": 0.5}},
+     "space.task.lam: expected a finite number >= 0, got -0.1"),
+    ("sparse_coding", {"m": 16, "n": 32}, {"task.seed": {"type": "int", "low": 0, "high": 2**64}},
+     "space.task.seed: expected an int in [0, 9007199254740992], got 18446744073709551616"),
+    ("deconvolution", {**SMALL_IMAGES, "kernel_size": 9, "scheme": "drs"}, {},
+     "task_args.operator: expected 'pnp_convex' for scheme='drs' (its reflection is nonexpansive only for D = I - β∇R "
+     "with R convex), got 'pnp_lipschitz'"),
+    ("deconvolution", {**SMALL_IMAGES, "kernel_size": 9, "operator": "pnp_convex", "width": 5}, {},
+     "task_args.width: expected an even int >= 2 for operator='pnp_convex' (its filters come in pairs), got 5"),
+    ("deconvolution", {**SMALL_IMAGES}, {},  # kernel_size: the default 25, above the patch
+     "task_args.kernel_size: expected at most patch = 16, got 25"),
+    ("deconvolution", {**SMALL_IMAGES, "kernel_size": 9}, {"step": {"type": "float", "low": 0.5, "high": 2.5}},
+     "space.step: expected τ·L in (0, 2) for scheme='fb', got 2.5"),
+    ("derain", {**SMALL_IMAGES, "patch": 64}, {}, "task_args.patch: expected at most size = 32, got 64"),
+    ("derain", {**SMALL_IMAGES, "size": 8, "patch": 8}, {}, "task_args.size: expected an int >= 16, got 8"),
+    ("derain", SMALL_IMAGES, {"task.anchor": {"type": "float", "low": -1.0, "high": 1.0}},
+     "space.task.anchor: expected a finite number >= 0, got -1.0"),
+]
+
+
+@pytest.mark.parametrize("task, task_args, space, message", TASK_ARGUMENT_ERRORS,
+                         ids=[f"{c[0]}-{c[3].split(':')[0]}" for c in TASK_ARGUMENT_ERRORS])
+def test_a_shipped_task_s_bad_argument_is_named_in_the_spec(tmp_path, task, task_args, space, message):
+    """Each shipped task checks its arguments (its Args dataclass): the spec's error is the CheckError at its key."""
+    spec = load_spec(write_spec(tmp_path, task=task, task_args=task_args, space=space or BASE_SPEC["space"]))
+    with pytest.raises(SpecError) as info:
+        check_against_task(spec)
+    assert str(info.value) == message
+
+
+def test_a_task_s_arguments_come_from_its_args_dataclass(tmp_path, monkeypatch):
+    """A problem with ``Args`` has the dataclass's fields as its arguments (its ``**kwargs`` constructor says
+    nothing), and a CheckError of ``Args`` goes to its field."""
+    (tmp_path / "args_task.py").write_text(ARGS_TASK)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        with pytest.raises(SpecError) as info:
+            check_against_task(load_spec(write_spec(tmp_path, task="args_task:Scaled", task_args={"colour": 1})))
+        assert str(info.value) == "task_args.colour: is not an argument of task 'args_task:Scaled' (arguments: n, scale)"
+        with pytest.raises(SpecError) as info:
+            check_against_task(load_spec(write_spec(tmp_path, task="args_task:Scaled", task_args={"scale": 0})))
+        assert str(info.value) == "task_args.scale: expected a finite number > 0, got 0"
+        with pytest.raises(SpecError) as info:
+            check_against_task(load_spec(write_spec(tmp_path, task="args_task:NotADataclass", task_args={})))
+        assert str(info.value).startswith("task: task NotADataclass: Args must be a dataclass")
+    finally:
+        sys.modules.pop("args_task", None)
+
+
+ARGS_TASK = """
+from dataclasses import dataclass
+
+from workers import Problem
+from workers.checks import check_int, check_real
+
+
+@dataclass(frozen=True)
+class ScaledArgs:
+    n: int = 8
+    scale: float = 1.0
+
+    def __post_init__(self):
+        check_int("n", self.n, minimum=1)
+        check_real("scale", self.scale, 0, low_open=True)
+
+
+class Scaled(Problem):
+    Args = ScaledArgs
+
+    def __init__(self, **task_args):
+        super().__init__()
+        self.args = ScaledArgs(**task_args)
+
+
+class NotADataclass(Problem):
+    Args = dict
+"""
 
 
 CHECKED_TASK = """

@@ -6,6 +6,7 @@ from skimage import data, transform
 
 from workers.baselines import directional_derain, streak_angle, tv_deconvolve, tv_objective, wiener
 from workers.baselines.tv import div2d, grad2d
+from workers.checks import CheckError
 from workers.data.rain import add_rain, rain_layer
 from workers.metrics import psnr
 from workers.physics import Blur, add_noise, gaussian_kernel, motion_kernel
@@ -123,11 +124,14 @@ def test_directional_derain_keeps_shape_dtype_device_and_range(device, dtype):
 
 
 def test_directional_filter_rejects_bad_arguments():
-    with pytest.raises(ValueError, match="rainy"):
-        directional_derain(torch.zeros(1, 3, 8, 8))
-    with pytest.raises(ValueError, match="angle=120"):
-        directional_derain(torch.zeros(1, 1, 8, 8), angle=120)
-    with pytest.raises(ValueError, match="size=4"):
-        directional_derain(torch.zeros(1, 1, 8, 8), size=4)
-    with pytest.raises(ValueError, match="image"):
-        streak_angle(torch.zeros(1, 1, 8, 8, dtype=torch.int64))
+    cases = [
+        (lambda: directional_derain(torch.zeros(1, 3, 8, 8)), "rainy: expected shape (B, 1, H, W), got (1, 3, 8, 8)"),
+        (lambda: directional_derain(torch.zeros(1, 1, 8, 8), angle=120), "angle: expected a number in [-90, 90], got 120"),
+        (lambda: directional_derain(torch.zeros(1, 1, 8, 8), size=4), "size: expected an odd int >= 3, got 4"),
+        (lambda: streak_angle(torch.zeros(1, 1, 8, 8, dtype=torch.int64)),
+         "image: expected a floating tensor, got torch.int64"),
+    ]
+    for call, message in cases:
+        with pytest.raises(CheckError) as info:
+            call()
+        assert str(info.value) == message and info.value.field == message.split(":")[0]

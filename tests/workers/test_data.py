@@ -3,8 +3,9 @@
 import pytest
 import torch
 
+from workers.checks import CheckError
 from workers.data import SPLITS, load_image, random_patches, split_images, training_images
-from workers.data.images import TRAIN_SCALES
+from workers.data.images import TRAIN_SCALES, check_image
 
 
 def test_splits_are_disjoint():
@@ -34,12 +35,26 @@ def test_training_images_are_fixed_and_typed():
 
 
 def test_images_reject_a_bad_size():
-    with pytest.raises(ValueError, match="size must be an integer >= 16"):
+    with pytest.raises(CheckError, match=r"^size: expected an int >= 16, got 8$"):
         training_images(8)
-    with pytest.raises(ValueError, match="size must be an integer >= 16"):
-        load_image("camera", 8)
-    with pytest.raises(ValueError, match="split must be one of"):
+    with pytest.raises(CheckError, match=r"^size: expected an int >= 16, got 16.0$"):
+        load_image("camera", 16.0)
+    with pytest.raises(CheckError, match=r"^split: expected one of train, val, test, got 'holdout'$"):
         split_images("holdout", 32)
+
+
+def test_check_image_names_the_argument():
+    x = torch.zeros(2, 1, 8, 8)
+    assert check_image("x", x) is x
+    for bad, message in [(x.numpy(), "x: expected a torch tensor of shape (B, 1, H, W), got <class 'numpy.ndarray'>"),
+                         (torch.zeros(2, 3, 8, 8), "x: expected shape (B, 1, H, W), got (2, 3, 8, 8)"),
+                         (torch.zeros(8, 8), "x: expected shape (B, 1, H, W), got (8, 8)"),
+                         (torch.zeros(2, 1, 8, 8, dtype=torch.int64), "x: expected a floating tensor, got torch.int64")]:
+        with pytest.raises(CheckError) as info:
+            check_image("x", bad)
+        assert (str(info.value), info.value.field) == (message, "x")
+    with pytest.raises(CheckError, match=r"^y: expected shape \(B, 1, H, W\) \(grayscale images\), got \(1, 3, 8, 8\)$"):
+        check_image("y", torch.zeros(1, 3, 8, 8), "(grayscale images)")
 
 
 def test_random_patches_are_seeded():

@@ -8,6 +8,7 @@ import torch
 from workers import BMOConfig, evaluate, hypergradient, inner_solve, make_problem, train
 from workers.baselines import directional_derain
 from workers.bmo import _make_optimizer
+from workers.checks import CheckError
 from workers.metrics import psnr
 from workers.models import ConvexRidgeDenoiser, ThresholdMap
 from workers.tasks.deconvolution import ImageBatch
@@ -48,21 +49,21 @@ def test_hqs_data_step_is_the_prox_of_the_data_term():
 
 
 def test_deconvolution_schemes_check_their_arguments():
-    with pytest.raises(ValueError, match="scheme must be one of fb, hqs"):
+    with pytest.raises(CheckError, match="^scheme: expected one of fb, hqs, drs, got 'admm'$"):
         make_problem("deconvolution", {"scheme": "admm", "size": 32, "patch": 32, "kernel_size": 9})
-    with pytest.raises(ValueError, match="needs boundary='circular'"):
+    with pytest.raises(CheckError, match="^boundary: expected 'circular' for scheme='hqs'"):
         make_problem("deconvolution", {"scheme": "hqs", "boundary": "zero", "size": 32, "patch": 32, "kernel_size": 9})
-    with pytest.raises(ValueError, match=r"step \(τ·L\) must be in \(0, 2\) for scheme='fb'"):
+    with pytest.raises(CheckError, match=r"^step: expected τ·L in \(0, 2\) for scheme='fb', got 3.0$"):
         make_problem("deconvolution", {"scheme": "fb", "step": 3.0, "size": 32, "patch": 32, "kernel_size": 9})
     make_problem("deconvolution", {"scheme": "hqs", "step": 3.0, "size": 32, "patch": 32, "kernel_size": 9})
-    with pytest.raises(ValueError, match="scheme='drs' needs operator='pnp_convex'"):
+    with pytest.raises(CheckError, match="^operator: expected 'pnp_convex' for scheme='drs'"):
         make_problem("deconvolution", {"scheme": "drs", "operator": "pnp_lipschitz", "size": 32, "patch": 32, "kernel_size": 9})
-    with pytest.raises(ValueError, match="scheme='drs' needs boundary='circular'"):
+    with pytest.raises(CheckError, match="^boundary: expected 'circular' for scheme='drs'"):
         make_problem("deconvolution", {"scheme": "drs", "operator": "pnp_convex", "boundary": "zero", "size": 32, "patch": 32,
                                        "kernel_size": 9})
-    with pytest.raises(ValueError, match="operator='pnp_convex' needs an even width >= 2"):
+    with pytest.raises(CheckError, match="^width: expected an even int >= 2 for operator='pnp_convex'"):
         make_problem("deconvolution", {"operator": "pnp_convex", "width": 5, "size": 32, "patch": 32, "kernel_size": 9})
-    with pytest.raises(ValueError, match="operator='convex' needs an even width >= 2"):
+    with pytest.raises(CheckError, match="^width: expected an even int >= 2 for operator='convex'"):
         make_problem("derain", {"operator": "convex", "width": 5, "size": 32, "patch": 16})
     with pytest.raises(ValueError, match=r"beta \(the gradient step\) must be in \(0, 2\)"):
         ConvexRidgeDenoiser(beta=2.0)
@@ -78,9 +79,9 @@ def test_derain_starts_from_the_filter_or_from_the_input():
     u = made["pair", "filter"].init(batch)
     assert torch.allclose(u[:, :1], filtered) and torch.allclose(u[:, :1] + u[:, 1:], batch.y)
     assert torch.equal(made["pair", "rainy"].init(batch), torch.cat((batch.y, torch.zeros_like(batch.y)), dim=1))
-    with pytest.raises(ValueError, match="init must be one of filter, rainy"):
+    with pytest.raises(CheckError, match="^init: expected one of filter, rainy, got 'zeros'$"):
         make_problem("derain", {"size": 32, "patch": 16, "init": "zeros"})
-    with pytest.raises(ValueError, match="model must be one of prox, pair"):
+    with pytest.raises(CheckError, match="^model: expected one of prox, pair, got 'joint'$"):
         make_problem("derain", {"size": 32, "patch": 16, "model": "joint"})
 
 
@@ -144,9 +145,9 @@ def test_adaptive_deconvolution_starts_unweighted_and_computes_its_map_once_per_
         adaptive.threshold_map.convs[-1].bias.add_(0.5)  # what an optimizer step does: an in-place update
         after = adaptive.operator(u, batch, 1)
     assert len(calls) == 3 and float((after - before).abs().max()) > 1e-6
-    with pytest.raises(ValueError, match="true needs operator='pnp_convex'"):
+    with pytest.raises(CheckError, match="^operator: expected 'pnp_convex' for adaptive=true"):
         make_problem("deconvolution", {**args, "scheme": "hqs", "operator": "pnp_free", "adaptive": True})
-    with pytest.raises(ValueError, match="adaptive must be true or false"):
+    with pytest.raises(CheckError, match="^adaptive: expected true or false, got 'yes'$"):
         make_problem("deconvolution", {**args, "adaptive": "yes"})
 
 
@@ -158,10 +159,10 @@ def test_adaptive_deconvolution_trains_its_map_at_map_lr_times_gamma():
     assert by_lr == {0.004: {id(p) for n, p in problem.named_parameters() if not n.startswith("threshold_map.")},
                      0.001: {id(p) for p in problem.threshold_map.parameters()}}
     assert make_problem("deconvolution", {**args, "adaptive": True}).map_lr == 0.3  # the default
-    with pytest.raises(ValueError, match="map_lr .* needs adaptive=true"):
+    with pytest.raises(CheckError, match="^map_lr: expected no value without adaptive=true"):
         make_problem("deconvolution", {**args, "map_lr": 0.3})
     for bad in (0, -1.0, "fast", True):
-        with pytest.raises(ValueError, match="map_lr must be a positive number"):
+        with pytest.raises(CheckError, match="^map_lr: expected a finite number > 0"):
             make_problem("deconvolution", {**args, "adaptive": True, "map_lr": bad})
 
 

@@ -4,6 +4,7 @@ import pytest
 import torch
 from skimage import data, transform
 
+from workers.checks import CheckError
 from workers.data.rain import IMAGE_SEED_STRIDE, add_rain, line_kernel, rain_layer
 
 LIGHT = dict(layers=1, density=0.004)  # light rain: one layer, about 12% of the pixels streaked
@@ -71,36 +72,39 @@ def test_line_kernel_points_along_the_angle():
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "match"),
+    ("kwargs", "field"),
     [
-        (dict(density=0.0), "density=0.0"),
-        (dict(density=1.5), "density=1.5"),
-        (dict(density=(0.01, 0.002)), "density="),
-        (dict(length=-3), "length=-3"),
-        (dict(angle=(-100, 0)), "angle="),
-        (dict(width=0), "width=0"),
-        (dict(intensity=(0.5, 1.2)), "intensity="),
-        (dict(layers=0), "layers=0"),
-        (dict(dtype=torch.int64), "dtype="),
+        (dict(density=0.0), "density"),
+        (dict(density=1.5), "density"),
+        (dict(density=(0.01, 0.002)), "density"),
+        (dict(length=-3), "length"),
+        (dict(angle=(-100, 0)), "angle"),
+        (dict(width=0), "width"),
+        (dict(intensity=(0.5, 1.2)), "intensity"),
+        (dict(layers=0), "layers"),
+        (dict(dtype=torch.int64), "dtype"),
     ],
 )
-def test_bad_rain_arguments_raise(kwargs, match):
-    with pytest.raises(ValueError, match=match):
+def test_bad_rain_arguments_raise(kwargs, field):
+    with pytest.raises(CheckError) as info:
         rain_layer((16, 16), 0, **kwargs)
+    assert info.value.field == field and info.value.got == kwargs[field]
 
 
 def test_bad_arguments_raise():
-    with pytest.raises(ValueError, match="shape="):
-        rain_layer((16, 0), 0)
-    with pytest.raises(ValueError, match="seed=-1"):
-        rain_layer((16, 16), -1)
-    with pytest.raises(ValueError, match="seed=1.5"):
-        add_rain(torch.zeros(1, 1, 8, 8), 1.5)
-    with pytest.raises(ValueError, match="clean"):
-        add_rain(torch.zeros(8, 8), 0)
-    with pytest.raises(ValueError, match="clean"):
-        add_rain(torch.full((1, 1, 8, 8), 2.0), 0)
-    with pytest.raises(ValueError, match="density=2"):
-        add_rain(torch.zeros(1, 1, 8, 8), 0, density=2)
-    with pytest.raises(ValueError, match="shape="):
-        add_rain(torch.zeros(1, 1, 8, 8), 0, shape=(4, 4))
+    cases = [
+        (lambda: rain_layer((16, 0), 0), "shape: expected a pair (H, W) of ints >= 1, got (16, 0)"),
+        (lambda: rain_layer((16, 16), -1), "seed: expected an int in [0, 9223372036854775807], got -1"),
+        (lambda: add_rain(torch.zeros(1, 1, 8, 8), 1.5), "seed: expected an int in [0, 8796093022207], got 1.5"),
+        (lambda: add_rain(torch.zeros(8, 8), 0), "clean: expected shape (B, 1, H, W), got (8, 8)"),
+        (lambda: add_rain(torch.full((1, 1, 8, 8), 2.0), 0),
+         "clean: expected a (min, max) range inside [0, 1], got (2.0, 2.0)"),
+        (lambda: add_rain(torch.zeros(1, 1, 8, 8), 0, density=2),
+         "density: expected a number or a (low, high) pair with low <= high in (0.0, 1.0], got 2"),
+        (lambda: add_rain(torch.zeros(1, 1, 8, 8), 0, shape=(4, 4)),
+         "shape: expected no value (add_rain takes it from clean), got (4, 4)"),
+    ]
+    for call, message in cases:
+        with pytest.raises(CheckError) as info:
+            call()
+        assert str(info.value) == message and info.value.field == message.split(":")[0]

@@ -9,6 +9,7 @@ from workers import (
     BMOConfig, SolverFileError, apply_solver, evaluate, evaluate_solve, load_solver, load_weights, make_problem,
     save_solver, train,
 )
+from workers.checks import CheckError
 from workers.solver import SOLVER_FORMAT
 
 SPARSE = ("sparse_coding", {"m": 16, "n": 32, "batch_size": 16, "val_size": 64, "test_size": 16})
@@ -154,9 +155,11 @@ def test_save_solver_refuses_arguments_that_are_not_plain_data(tmp_path):
 
 def test_observation_batch_checks_the_shape():
     problem = make_problem(*SPARSE)
-    with pytest.raises(ValueError, match=r"sparse_coding: y must have shape \(B, m\) = \(B, 16\), got \(2, 20\)"):
+    with pytest.raises(CheckError, match=r"^y: expected shape \(B, m\) = \(B, 16\), got \(2, 20\)$"):
         problem.observation_batch(torch.zeros(2, 20))
     deconv = make_problem(*DECONV)
-    with pytest.raises(ValueError, match="deconvolution: images must be at least 9x9 pixels"):
+    with pytest.raises(CheckError, match=r"^y: expected images of at least 9x9 pixels .*, got \(1, 1, 8, 40\)$"):
         deconv.observation_batch(torch.zeros(1, 1, 8, 40))
+    with pytest.raises(CheckError, match=r"^y: expected shape \(B, 1, H, W\) \(grayscale images\), got \(1, 3, 16, 16\)$"):
+        deconv.observation_batch(torch.zeros(1, 3, 16, 16))
     assert "gaussian blur 9x9 (sigma 1.6" in deconv.degradation()

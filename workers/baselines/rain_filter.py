@@ -9,17 +9,13 @@ right: going down a streak, the column decreases), as in ``workers.data.rain``.
 from __future__ import annotations
 
 import math
-from numbers import Real
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-
-def _check_image(name: str, x, where: str) -> None:
-    if not isinstance(x, Tensor) or x.dim() != 4 or x.shape[1] != 1 or not x.is_floating_point():
-        got = f"shape {tuple(x.shape)}, dtype {x.dtype}" if isinstance(x, Tensor) else type(x).__name__
-        raise ValueError(f"{where}: {name} must be a floating tensor (B, 1, H, W), got {name} with {got}")
+from workers.checks import CheckError, check_real, is_int
+from workers.data.images import check_image
 
 
 def _sobel(x: Tensor) -> tuple[Tensor, Tensor]:
@@ -59,7 +55,7 @@ def streak_angle(image: Tensor) -> Tensor:
     its main eigenvector is across the streaks. On thin synthetic streaks the estimate
     leans toward the nearest axis by up to about 2 degrees.
     """
-    _check_image("image", image, "streak_angle")
+    check_image("image", image)
     grow, gcol = _sobel(_gaussian_blur(_white_tophat(image, 5), 1.0))
     jxx = (gcol * gcol).sum(dim=(1, 2, 3))
     jyy = (grow * grow).sum(dim=(1, 2, 3))
@@ -94,11 +90,11 @@ def directional_derain(rainy: Tensor, angle: float | None = None, size: int = 7)
     covers few of them), and since rain only adds brightness, by the smaller of that median
     and the pixel itself. Returns values in [0, 1], same shape, dtype and device.
     """
-    _check_image("rainy", rainy, "directional_derain")
-    if angle is not None and (isinstance(angle, bool) or not isinstance(angle, Real) or not -90 <= angle <= 90):
-        raise ValueError(f"directional_derain: angle must be None or a number in [-90, 90], got angle={angle!r}")
-    if isinstance(size, bool) or not isinstance(size, int) or size < 3 or size % 2 == 0:
-        raise ValueError(f"directional_derain: size must be an odd int >= 3, got size={size!r}")
+    check_image("rainy", rainy)
+    if angle is not None:
+        check_real("angle", angle, -90, 90)
+    if not (is_int(size) and size >= 3 and size % 2):
+        raise CheckError("size", "an odd int >= 3", size)
     angles = streak_angle(rainy).tolist() if angle is None else [float(angle)] * rainy.shape[0]
     out = []
     for x, a in zip(rainy.split(1), angles):

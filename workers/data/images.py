@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from workers.checks import CheckError, check_choice, check_int
+
 SPLITS: dict[str, tuple[str, ...]] = {
     "train": ("motorcycle_left", "motorcycle_right", "rocket", "coins", "moon", "cell", "hubble_deep_field"),
     "val": ("chelsea",),
@@ -75,9 +77,24 @@ def _training(size: int) -> tuple[np.ndarray, ...]:
     return tuple(out)
 
 
+MIN_SIZE = 16  # the smallest image side ``load_image`` and ``training_images`` make
+
+
+def check_image(field: str, x, what: str = "") -> Tensor:
+    """``x`` (the argument ``field``) is a floating tensor (B, 1, H, W) (``what`` describes it further, e.g.
+    "(grayscale images)"); a ``CheckError`` naming ``field`` otherwise."""
+    shape = f"shape (B, 1, H, W){f' {what}' if what else ''}"
+    if not isinstance(x, Tensor):
+        raise CheckError(field, f"a torch tensor of {shape}", type(x))
+    if x.dim() != 4 or x.shape[1] != 1:
+        raise CheckError(field, shape, tuple(x.shape))
+    if not x.is_floating_point():
+        raise CheckError(field, "a floating tensor", x.dtype)
+    return x
+
+
 def _check_size(size) -> None:
-    if not isinstance(size, int) or isinstance(size, bool) or size < 16:
-        raise ValueError(f"images: size must be an integer >= 16, got size={size!r}")
+    check_int("size", size, minimum=MIN_SIZE)
 
 
 def load_image(name: str, size: int, dtype: torch.dtype = torch.float32) -> Tensor:
@@ -88,8 +105,7 @@ def load_image(name: str, size: int, dtype: torch.dtype = torch.float32) -> Tens
 
 def split_images(split: str, size: int, dtype: torch.dtype = torch.float32) -> list[tuple[str, Tensor]]:
     """The (name, image) pairs of ``split`` ("train", "val" or "test")."""
-    if split not in SPLITS:
-        raise ValueError(f"images: split must be one of {', '.join(SPLITS)}, got split={split!r}")
+    check_choice("split", split, SPLITS)
     return [(name, load_image(name, size, dtype)) for name in SPLITS[split]]
 
 

@@ -13,11 +13,13 @@ column decreases).
 from __future__ import annotations
 
 import math
-from numbers import Real
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from workers.checks import CheckError, check_int, is_int, is_real
+from workers.data.images import check_image
 
 #: ``add_rain`` gives image i of a batch with seed s the layer ``rain_layer(shape, s * IMAGE_SEED_STRIDE + i)``.
 IMAGE_SEED_STRIDE = 2**20
@@ -26,28 +28,17 @@ _MAX_SEED = 2**43 - 1  # so that s * IMAGE_SEED_STRIDE + i stays below 2**63
 Range = float | tuple[float, float]
 
 
-def _check_seed(seed, where: str, high: int = 2**63 - 1) -> None:
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= high:
-        raise ValueError(f"{where}: seed must be an int in [0, {high}], got seed={seed!r}")
-
-
 def _check_range(name: str, value, low: float, high: float, low_open: bool) -> tuple[float, float]:
     """Return ``value`` (a number or a (lo, hi) pair) as a pair inside [low, high] (or (low, high])."""
     pair = tuple(value) if isinstance(value, (tuple, list)) else (value, value)
-    ok = len(pair) == 2 and all(isinstance(v, Real) and not isinstance(v, bool) and math.isfinite(v) for v in pair)
+    ok = len(pair) == 2 and all(is_real(v) for v in pair)
     if ok:
         lo, hi = float(pair[0]), float(pair[1])
         ok = lo <= hi and (lo > low if low_open else lo >= low) and hi <= high
     if not ok:
         bounds = f"({low}, {high}]" if low_open else f"[{low}, {high}]"
-        raise ValueError(f"rain: {name} must be a number or a (low, high) pair with low <= high in {bounds}, got {name}={value!r}")
+        raise CheckError(name, f"a number or a (low, high) pair with low <= high in {bounds}", value)
     return lo, hi
-
-
-def _check_image(name: str, x, where: str) -> None:
-    if not isinstance(x, Tensor) or x.dim() != 4 or x.shape[1] != 1 or not x.is_floating_point():
-        got = f"shape {tuple(x.shape)}, dtype {x.dtype}" if isinstance(x, Tensor) else type(x).__name__
-        raise ValueError(f"{where}: {name} must be a floating tensor (B, 1, H, W), got {name} with {got}")
 
 
 def line_kernel(length: float, angle: float, width: float, dtype=torch.float64) -> Tensor:
@@ -114,15 +105,10 @@ def rain_layer(
     points cover a margin around the image, so streaks enter across the border.
     Computed in float64 on CPU, then cast to ``dtype`` and moved to ``device``.
     """
-    if (
-        not isinstance(shape, (tuple, list))
-        or len(shape) != 2
-        or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape)
-    ):
-        raise ValueError(f"rain: shape must be a pair of positive ints (H, W), got shape={shape!r}")
-    _check_seed(seed, "rain")
-    if isinstance(layers, bool) or not isinstance(layers, int) or layers < 1:
-        raise ValueError(f"rain: layers must be an int >= 1, got layers={layers!r}")
+    if not isinstance(shape, (tuple, list)) or len(shape) != 2 or not all(is_int(n) and n > 0 for n in shape):
+        raise CheckError("shape", "a pair (H, W) of ints >= 1", shape)
+    check_int("seed", seed, 0, 2**63 - 1)
+    check_int("layers", layers, minimum=1)
     ranges = {
         "density": _check_range("density", density, 0.0, 1.0, low_open=True),
         "length": _check_range("length", length, 0.0, 256.0, low_open=True),
@@ -131,7 +117,7 @@ def rain_layer(
         "intensity": _check_range("intensity", intensity, 0.0, 1.0, low_open=True),
     }
     if dtype not in (torch.float32, torch.float64):
-        raise ValueError(f"rain: dtype must be torch.float32 or torch.float64, got dtype={dtype!r}")
+        raise CheckError("dtype", "torch.float32 or torch.float64", dtype)
 
     gen = torch.Generator().manual_seed(seed)
     height, width_px = shape
@@ -156,15 +142,15 @@ def add_rain(clean: Tensor, seed: int, **rain_kwargs) -> tuple[Tensor, Tensor]:
     ``rain`` is the rain actually added, rainy − clean after clipping (smaller than the layer
     where the background is bright). Same dtype and device as ``clean``.
     """
-    _check_image("clean", clean, "add_rain")
-    _check_seed(seed, "add_rain", _MAX_SEED)
+    check_image("clean", clean)
+    check_int("seed", seed, 0, _MAX_SEED)
     if clean.shape[0] > IMAGE_SEED_STRIDE:
-        raise ValueError(f"add_rain: clean may hold at most {IMAGE_SEED_STRIDE} images, got batch size {clean.shape[0]}")
+        raise CheckError("clean", f"at most {IMAGE_SEED_STRIDE} images (its batch size)", clean.shape[0])
     for name in ("shape", "dtype", "device"):
         if name in rain_kwargs:
-            raise ValueError(f"add_rain: {name} is taken from clean, got {name}={rain_kwargs[name]!r}")
+            raise CheckError(name, "no value (add_rain takes it from clean)", rain_kwargs[name])
     if clean.numel() and (float(clean.min()) < 0 or float(clean.max()) > 1):
-        raise ValueError(f"add_rain: clean must have values in [0, 1], got range [{float(clean.min())}, {float(clean.max())}]")
+        raise CheckError("clean", "a (min, max) range inside [0, 1]", (float(clean.min()), float(clean.max())))
     shape = tuple(clean.shape[-2:])
     layer = torch.stack(
         [

@@ -39,6 +39,8 @@ fresh noise draw each step, validation on chelsea, test on camera / astronaut / 
 blurred with the same seeded kernel (Gaussian or motion) and noise of ``noise`` times the
 dynamic range. ℓ = ½‖x̂ - x‖² per image, x̂ the estimate (``estimate``: the iterate, or drs's read-out);
 metrics ``psnr`` and ``ssim`` (scikit-image) of x̂.
+
+The arguments, their defaults and their checks: ``DeconvolutionArgs`` (``Deconvolution.Args``).
 """
 
 from __future__ import annotations
@@ -55,14 +57,18 @@ from workers.data import random_patches, split_images, training_images
 from workers.metrics import psnr, ssim
 from workers.models import ConvexRidgeDenoiser, LipschitzDenoiser, ResidualDenoiser, ThresholdMap
 from workers.models.denoisers import CONVEX_BETA
+from workers.checks import (CheckError, check_at_most, check_bool, check_choice, check_int, check_positive_ints, check_real,
+                            is_int, is_real)
+from workers.data.images import MIN_SIZE, check_image
 from workers.physics import Blur, gaussian_kernel, motion_kernel
+from workers.physics.blur import BOUNDARIES
 from workers.problem import Problem
-from workers.tasks._checks import check_choice, check_positive_ints
 
 OPERATORS = ("pnp_lipschitz", "pnp_convex", "pnp_free")
 NONEXPANSIVE = ("pnp_lipschitz", "pnp_convex")
 KERNELS = ("gaussian", "motion")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+MAX_SEED = 2**53  # seed·1000 + 3 stays a torch seed (< 2**64)
 # The threshold map's learning rate as a multiple of the outer one: at 3% noise (drs, K=32, 6 minutes,
 # Adam 5e-3) the adaptive model scored 26.57 dB at 0.3x, 26.53 at 0.1x and collapsed to 24.81 at 3x;
 # at 1x, 26.41 (an earlier prototype of the same map).
@@ -209,11 +215,87 @@ SCHEMES = tuple(SPLITTINGS)
 PROX_SCHEMES = tuple(name for name, cls in SPLITTINGS.items() if cls.prox)  # the data term by its prox (FFT: circular only)
 
 
+@dataclass(frozen=True)
+class DeconvolutionArgs:
+    """The arguments of ``Deconvolution`` (its ``Args``), checked when made: a ``CheckError`` names the argument
+    (a rule between two arguments names the one it asks to change, and both in ``fields``)."""
+
+    kernel: str = "gaussian"  # one of KERNELS
+    kernel_size: int = 25  # odd, <= patch
+    blur_sigma: float = 1.6  # the Gaussian kernel's width
+    noise: float = 0.01  # times the dynamic range, in [0, 1)
+    size: int = 128  # the images' side, >= MIN_SIZE
+    patch: int = 48  # the training patches' side, <= size
+    batch_size: int = 8
+    operator: str = "pnp_lipschitz"  # one of OPERATORS
+    scheme: str = "fb"  # one of SCHEMES
+    width: int = 24  # the denoiser's channels (even for pnp_convex: its filters come in pairs)
+    depth: int = 5  # the CNN denoisers' convolutions
+    step: float | None = None  # τ·L (None: the scheme's default)
+    boundary: str = "circular"  # the blur's boundary, one of BOUNDARIES (circular for the prox schemes)
+    adaptive: bool = False  # pnp_convex's thresholds weighted by a ThresholdMap
+    map_lr: float | None = None  # the threshold map's learning rate, times the outer one (None: MAP_LR; adaptive only)
+    seed: int = 0
+    dtype: str = "float32"  # "float32" | "float64"
+
+    def __post_init__(self):
+        check_choice("kernel", self.kernel, KERNELS)
+        check_choice("operator", self.operator, OPERATORS)
+        check_choice("scheme", self.scheme, SCHEMES)
+        check_choice("boundary", self.boundary, BOUNDARIES)
+        splitting = SPLITTINGS[self.scheme]
+        if splitting.prox and self.boundary != "circular":
+            raise CheckError("boundary", f"'circular' for scheme={self.scheme!r} (its prox is solved by FFT)", self.boundary,
+                             also=("scheme",))
+        if self.operator not in splitting.operators:
+            needs = " or ".join(repr(name) for name in splitting.operators)
+            raise CheckError("operator", f"{needs} for scheme={self.scheme!r} ({splitting.operators_reason})", self.operator,
+                             also=("scheme",))
+        check_bool("adaptive", self.adaptive)
+        if self.adaptive and self.operator != "pnp_convex":
+            raise CheckError("operator", "'pnp_convex' for adaptive=true (it weights the convex regularizer's thresholds)",
+                             self.operator, also=("adaptive",))
+        if self.map_lr is not None:
+            if not self.adaptive:
+                raise CheckError("map_lr", "no value without adaptive=true (it is the threshold map's learning rate)",
+                                 self.map_lr, also=("adaptive",))
+            if not (is_real(self.map_lr) and self.map_lr > 0):
+                raise CheckError("map_lr", "a finite number > 0 (a multiple of the outer learning rate)", self.map_lr)
+        check_choice("dtype", self.dtype, DTYPES)
+        check_real("noise", self.noise, 0, 1, high_open=True)
+        if self.step is not None:
+            if splitting.max_step is not None:
+                if not (is_real(self.step) and 0 < self.step < splitting.max_step):
+                    raise CheckError("step", f"τ·L in (0, {splitting.max_step:g}) for scheme={self.scheme!r}", self.step,
+                                     also=("scheme",))
+            elif not (is_real(self.step) and self.step > 0):
+                raise CheckError("step", "τ·L > 0", self.step)
+        check_positive_ints(kernel_size=self.kernel_size, patch=self.patch, batch_size=self.batch_size)
+        check_int("size", self.size, minimum=MIN_SIZE)  # the images' smallest side
+        check_at_most("kernel_size", self.kernel_size, "patch", self.patch)
+        check_at_most("patch", self.patch, "size", self.size)
+        if self.kernel == "motion" and (self.kernel_size < 3 or self.kernel_size % 2 == 0):
+            raise CheckError("kernel_size", "an odd int >= 3 for kernel='motion'", self.kernel_size, also=("kernel",))
+        if self.kernel_size % 2 == 0:
+            raise CheckError("kernel_size", "an odd int", self.kernel_size)
+        if self.kernel == "gaussian":
+            check_real("blur_sigma", self.blur_sigma, 0, low_open=True)
+        if self.operator == "pnp_convex":
+            if not (is_int(self.width) and self.width >= 2 and self.width % 2 == 0):
+                raise CheckError("width", "an even int >= 2 for operator='pnp_convex' (its filters come in pairs)", self.width,
+                                 also=("operator",))
+        else:
+            check_int("width", self.width, minimum=1)
+            check_int("depth", self.depth, minimum=2 if self.operator == "pnp_lipschitz" else 1)
+        check_int("seed", self.seed, 0, MAX_SEED)
+
+
 class Deconvolution(Problem):
     """Non-blind deconvolution with a learned PnP splitting step (fb, hqs or drs)."""
 
     upper_loss_needs_truth = True
     observation_kind = "image"
+    Args = DeconvolutionArgs
 
     def __init__(
         self,
@@ -236,44 +318,15 @@ class Deconvolution(Problem):
         dtype: str = "float32",
     ):
         super().__init__()
-        check_choice("deconvolution", "kernel", kernel, KERNELS)
-        check_choice("deconvolution", "operator", operator, OPERATORS)
-        check_choice("deconvolution", "scheme", scheme, SCHEMES)
+        self.args = DeconvolutionArgs(kernel=kernel, kernel_size=kernel_size, blur_sigma=blur_sigma, noise=noise, size=size,
+                                      patch=patch, batch_size=batch_size, operator=operator, scheme=scheme, width=width,
+                                      depth=depth, step=step, boundary=boundary, adaptive=adaptive, map_lr=map_lr, seed=seed,
+                                      dtype=dtype)
         splitting = SPLITTINGS[scheme]()
-        if splitting.prox and boundary != "circular":
-            raise ValueError(f"deconvolution: scheme={scheme!r} needs boundary='circular' (its prox is solved by FFT), "
-                             f"got boundary={boundary!r}")
-        if operator not in splitting.operators:
-            needs = " or ".join(repr(name) for name in splitting.operators)
-            raise ValueError(f"deconvolution: scheme={scheme!r} needs operator={needs} ({splitting.operators_reason}), "
-                             f"got operator={operator!r}")
-        if not isinstance(adaptive, bool):
-            raise ValueError(f"deconvolution: adaptive must be true or false, got adaptive={adaptive!r}")
-        if adaptive and operator != "pnp_convex":
-            raise ValueError(f"deconvolution: adaptive=true needs operator='pnp_convex' (it weights the convex regularizer's "
-                             f"thresholds), got operator={operator!r}")
-        if map_lr is not None and not adaptive:
-            raise ValueError(f"deconvolution: map_lr (the threshold map's learning rate) needs adaptive=true, got map_lr={map_lr!r}")
         if map_lr is None:
             map_lr = MAP_LR
-        if isinstance(map_lr, bool) or not isinstance(map_lr, (int, float)) or not 0 < map_lr < math.inf:
-            raise ValueError(f"deconvolution: map_lr must be a positive number (a multiple of the outer learning rate), "
-                             f"got map_lr={map_lr!r}")
-        check_choice("deconvolution", "dtype", dtype, DTYPES)
-        if not (isinstance(noise, (int, float)) and 0 <= noise < 1):
-            raise ValueError(f"deconvolution: noise must be in [0, 1), got noise={noise!r}")
         if step is None:  # τ·L
             step = splitting.default_step(operator)
-        if not (isinstance(step, (int, float)) and 0 < step and (splitting.max_step is None or step < splitting.max_step)):
-            raise ValueError(f"deconvolution: step (τ·L) must be in (0, 2) for scheme='fb' and > 0 for 'hqs' and 'drs', "
-                             f"got step={step!r}")
-        check_positive_ints("deconvolution", kernel_size=kernel_size, size=size, patch=patch, batch_size=batch_size)
-        if not kernel_size <= patch <= size:
-            raise ValueError(f"deconvolution: kernel_size <= patch <= size must hold, got {kernel_size=}, {patch=}, {size=}")
-        if operator == "pnp_convex" and (width < 2 or width % 2):
-            raise ValueError(f"deconvolution: operator='pnp_convex' needs an even width >= 2 (its filters come in pairs), got width={width!r}")
-        if kernel_size % 2 == 0:
-            raise ValueError(f"deconvolution: kernel_size must be odd, got kernel_size={kernel_size}")
         dt = DTYPES[dtype]
         k = gaussian_kernel(kernel_size, blur_sigma) if kernel == "gaussian" else motion_kernel(kernel_size, seed=seed)
         self.blur = Blur(k.to(dt), boundary=boundary)
@@ -322,16 +375,15 @@ class Deconvolution(Problem):
             for b in self._fixed[split]:
                 yield ImageBatch(b.y.to(device), b.x.to(device), b.names)
         else:
-            raise ValueError(f"deconvolution: split must be train, val or test, got split={split!r}")
+            raise CheckError("split", "one of train, val, test", split)
 
     def observation_batch(self, y: Tensor) -> ImageBatch:
         """Blurred, noisy grayscale images ``y`` (B, 1, H, W) in [0, 1], any size the kernel and filters fit in."""
-        if y.ndim != 4 or y.shape[1] != 1:
-            raise ValueError(f"deconvolution: y must have shape (B, 1, H, W) (grayscale images), got {tuple(y.shape)}")
+        check_image("y", y, "(grayscale images)")
         side = max(self.blur.kernel.shape[-1], 7 if isinstance(self.denoiser, ConvexRidgeDenoiser) else 1)
         if min(y.shape[-2:]) < side:
-            raise ValueError(f"deconvolution: images must be at least {side}x{side} pixels (the blur kernel and the "
-                             f"denoiser's filters must fit), got {y.shape[-2]}x{y.shape[-1]}")
+            raise CheckError("y", f"images of at least {side}x{side} pixels (the blur kernel and the denoiser's filters must "
+                                  "fit), as (B, 1, H, W)", tuple(y.shape))
         return ImageBatch(y, None)
 
     def degradation(self) -> str:

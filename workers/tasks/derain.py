@@ -28,6 +28,8 @@ density, length and angle) added to scikit-image's grayscale images, the splits 
 ``workers.data``. ℓ = ½‖B - x‖² + ½‖R - r‖² ("pair") or ½‖B - x‖² ("prox": with R = O - B the rain term is
 the same number again); metrics
 ``psnr`` and ``ssim`` of B.
+
+The arguments, their defaults and their checks: ``DerainArgs`` (``Derain.Args``).
 """
 
 from __future__ import annotations
@@ -41,11 +43,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from workers.baselines import directional_derain
+from workers.checks import (CheckError, check_at_most, check_choice, check_int, check_positive_ints, check_real, is_int,
+                            is_real)
 from workers.data import add_rain, random_patches, split_images, training_images
+from workers.data.images import MIN_SIZE, check_image
 from workers.metrics import psnr, ssim
 from workers.models import ConvexRidgeDenoiser, LipschitzDenoiser, ResidualDenoiser
 from workers.problem import Problem
-from workers.tasks._checks import check_choice, check_positive_ints
 
 OPERATORS = ("lipschitz", "convex", "free")
 NONEXPANSIVE = ("lipschitz", "convex")
@@ -53,6 +57,7 @@ INITS = ("filter", "rainy")
 MODELS = ("prox", "pair")
 CONVEX_TV_WEIGHT = 0.02 / math.sqrt(8)  # the convex prior βR starts as Huber-TV of this weight (≈ 0.007)
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+MAX_SEED = 2**23  # seed·10⁶ + a draw's number stays an add_rain seed (< 2**43) for 4·10¹¹ draws
 
 
 @dataclass
@@ -67,10 +72,49 @@ class RainBatch:
     filtered: Tensor | None = None  # directional_derain(y), the "prox" model's anchor and start
 
 
+@dataclass(frozen=True)
+class DerainArgs:
+    """The arguments of ``Derain`` (its ``Args``), checked when made: a ``CheckError`` names the argument."""
+
+    size: int = 128  # the images' side, >= MIN_SIZE
+    patch: int = 48  # the training patches' side, <= size
+    batch_size: int = 8
+    operator: str = "lipschitz"  # one of OPERATORS
+    width: int = 24  # the denoisers' channels (even for convex: its filters come in pairs)
+    depth: int = 5  # the CNN denoisers' convolutions
+    density: float = 0.006  # the rain's streak density: each image draws it in [0.5, 1.5] times this
+    init: str = "filter"  # one of INITS
+    model: str = "prox"  # one of MODELS
+    anchor: float = 0.1  # the "prox" model's initial λ, >= 0 (0: no anchor)
+    seed: int = 0
+    dtype: str = "float32"  # "float32" | "float64"
+
+    def __post_init__(self):
+        check_choice("operator", self.operator, OPERATORS)
+        check_choice("model", self.model, MODELS)
+        check_real("anchor", self.anchor, 0)
+        check_choice("init", self.init, INITS)
+        check_choice("dtype", self.dtype, DTYPES)
+        check_positive_ints(patch=self.patch, batch_size=self.batch_size)
+        check_int("size", self.size, minimum=MIN_SIZE)  # the images' smallest side
+        if self.operator == "convex":
+            if not (is_int(self.width) and self.width >= 2 and self.width % 2 == 0):
+                raise CheckError("width", "an even int >= 2 for operator='convex' (its filters come in pairs)", self.width,
+                                 also=("operator",))
+        else:
+            check_int("width", self.width, minimum=1)
+            check_int("depth", self.depth, minimum=2 if self.operator == "lipschitz" else 1)
+        check_at_most("patch", self.patch, "size", self.size)
+        if not (is_real(self.density) and 0 < self.density <= 1 / 1.5):
+            raise CheckError("density", "a number in (0, 2/3] (an image's rain density reaches 1.5 times it)", self.density)
+        check_int("seed", self.seed, 0, MAX_SEED)
+
+
 class Derain(Problem):
     """Separate background and rain with learned 1-Lipschitz (or free) CNNs: the "prox" or the "pair" model."""
 
     observation_kind = "image"
+    Args = DerainArgs
 
     def __init__(
         self,
@@ -88,17 +132,8 @@ class Derain(Problem):
         dtype: str = "float32",
     ):
         super().__init__()
-        check_choice("derain", "operator", operator, OPERATORS)
-        check_choice("derain", "model", model, MODELS)
-        if not (isinstance(anchor, (int, float)) and not isinstance(anchor, bool) and 0 <= anchor < float("inf")):
-            raise ValueError(f"derain: anchor must be a finite number >= 0, got anchor={anchor!r}")
-        check_choice("derain", "init", init, INITS)
-        check_choice("derain", "dtype", dtype, DTYPES)
-        check_positive_ints("derain", size=size, patch=patch, batch_size=batch_size)
-        if operator == "convex" and (width < 2 or width % 2):
-            raise ValueError(f"derain: operator='convex' needs an even width >= 2 (its filters come in pairs), got width={width!r}")
-        if patch > size:
-            raise ValueError(f"derain: patch must be <= size, got patch={patch}, size={size}")
+        self.args = DerainArgs(size=size, patch=patch, batch_size=batch_size, operator=operator, width=width, depth=depth,
+                               density=density, init=init, model=model, anchor=anchor, seed=seed, dtype=dtype)
         dt = DTYPES[dtype]
         self.size, self.patch, self.batch_size, self.seed = size, patch, batch_size, seed
         self.density, self.init_name, self.model = density, init, model
@@ -151,15 +186,14 @@ class Derain(Problem):
             for b in self._fixed[split]:
                 yield RainBatch(b.y.to(device), b.x.to(device), b.rain.to(device), b.names, b.filtered.to(device))
         else:
-            raise ValueError(f"derain: split must be train, val or test, got split={split!r}")
+            raise CheckError("split", "one of train, val, test", split)
 
     def observation_batch(self, y: Tensor) -> RainBatch:
         """Rainy grayscale images ``y`` (B, 1, H, W) in [0, 1]; the filter's background is computed when needed."""
-        if y.ndim != 4 or y.shape[1] != 1:
-            raise ValueError(f"derain: y must have shape (B, 1, H, W) (grayscale images), got {tuple(y.shape)}")
+        check_image("y", y, "(grayscale images)")
         if self.operator_name == "convex" and min(y.shape[-2:]) < 7:
-            raise ValueError(f"derain: images must be at least 7x7 pixels (the convex prior's filters must fit), "
-                             f"got {y.shape[-2]}x{y.shape[-1]}")
+            raise CheckError("y", "images of at least 7x7 pixels (the convex prior's filters must fit), as (B, 1, H, W)",
+                             tuple(y.shape))
         return RainBatch(y, None, None)
 
     def degradation(self) -> str:

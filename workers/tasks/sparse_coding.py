@@ -15,6 +15,8 @@ Operators (``operator=``), all of the form u ↦ T(u, ω) with u the code estima
 
 Untied operators reuse their last layer beyond ``layers`` ("untrained layers"). Each operator is a
 small ``IstaOperator`` class, looked up once in ``ISTA_OPERATORS`` by ``operator``.
+
+The arguments, their defaults and their checks: ``SparseCodingArgs`` (``SparseCoding.Args``).
 """
 
 from __future__ import annotations
@@ -26,12 +28,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from workers.checks import CheckError, check_choice, check_int, check_positive_ints, check_real
 from workers.problem import Problem
 from workers.prox import soft_threshold
-from workers.tasks._checks import check_choice, check_positive_ints
 
 PRESETS = {"small": (64, 128), "paper": (250, 500)}
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+MAX_SEED = 2**53  # seed·1000 + 3 stays a torch seed (< 2**64)
 
 
 @dataclass
@@ -185,8 +188,45 @@ ISTA_OPERATORS: dict[str, type[IstaOperator]] = {
 OPERATORS = tuple(ISTA_OPERATORS)
 
 
+@dataclass(frozen=True)
+class SparseCodingArgs:
+    """The arguments of ``SparseCoding`` (its ``Args``), checked when made: a ``CheckError`` names the argument."""
+
+    m: int | None = None  # measurements (None: the preset's)
+    n: int | None = None  # code length (None: the preset's)
+    preset: str = "small"  # (m, n): "small" (64, 128) or "paper" (250, 500)
+    operator: str = "tied_coupled"  # one of OPERATORS
+    layers: int = 16  # the untied operators' layers (the last one reused beyond)
+    lam: float = 0.1  # λ of the LASSO, ≥ 0
+    step: float | None = None  # ISTA's step (None: 1/L)
+    sparsity: float = 0.1  # the codes' density, in (0, 1]
+    noise: float = 0.01  # the measurements' noise level, ≥ 0
+    batch_size: int = 100
+    val_size: int = 1000
+    test_size: int = 1000
+    seed: int = 0
+    dtype: str = "float32"  # "float32" | "float64"
+
+    def __post_init__(self):
+        check_choice("preset", self.preset, PRESETS)
+        for name in ("m", "n"):
+            if getattr(self, name) is not None:
+                check_int(name, getattr(self, name), minimum=1)
+        check_positive_ints(layers=self.layers, batch_size=self.batch_size, val_size=self.val_size, test_size=self.test_size)
+        check_choice("operator", self.operator, OPERATORS)
+        check_real("sparsity", self.sparsity, 0, 1, low_open=True)
+        check_real("noise", self.noise, 0)
+        check_real("lam", self.lam, 0)
+        if self.step is not None:
+            check_real("step", self.step, 0, low_open=True)
+        check_choice("dtype", self.dtype, DTYPES)
+        check_int("seed", self.seed, 0, MAX_SEED)
+
+
 class SparseCoding(Problem):
     """LASSO min ½‖Ax - y‖² + λ‖x‖₁ solved by a (learned) ISTA-type fixed-point operator."""
+
+    Args = SparseCodingArgs
 
     def __init__(
         self,
@@ -206,17 +246,11 @@ class SparseCoding(Problem):
         dtype: str = "float32",
     ):
         super().__init__()
-        check_choice("sparse_coding", "preset", preset, PRESETS)
+        self.args = SparseCodingArgs(m=m, n=n, preset=preset, operator=operator, layers=layers, lam=lam, step=step,
+                                     sparsity=sparsity, noise=noise, batch_size=batch_size, val_size=val_size,
+                                     test_size=test_size, seed=seed, dtype=dtype)
         m = PRESETS[preset][0] if m is None else m
         n = PRESETS[preset][1] if n is None else n
-        check_positive_ints("sparse_coding", m=m, n=n, layers=layers, batch_size=batch_size, val_size=val_size,
-                            test_size=test_size)
-        check_choice("sparse_coding", "operator", operator, OPERATORS)
-        if not 0 < sparsity <= 1:
-            raise ValueError(f"sparse_coding: sparsity must be in (0, 1], got sparsity={sparsity!r}")
-        if noise < 0 or lam < 0:
-            raise ValueError(f"sparse_coding: noise and lam must be >= 0, got noise={noise!r}, lam={lam!r}")
-        check_choice("sparse_coding", "dtype", dtype, DTYPES)
         self.m, self.n, self.operator_name, self.layers = m, n, operator, layers
         self.op = ISTA_OPERATORS[operator]()  # what differs between the operators, chosen once
         self.sparsity, self.noise, self.seed = sparsity, noise, seed
@@ -227,8 +261,6 @@ class SparseCoding(Problem):
         A = A / torch.linalg.vector_norm(A, dim=0, keepdim=True)
         L = float(torch.linalg.matrix_norm(A, ord=2) ** 2)
         step = 1.0 / L if step is None else step
-        if not step > 0:
-            raise ValueError(f"sparse_coding: step must be > 0, got step={step!r}")
         dt = DTYPES[dtype]
         self.register_buffer("A", A.to(dt))
         self.L, self.lam, self.step = L, lam, step
@@ -262,12 +294,12 @@ class SparseCoding(Problem):
             b = self._fixed[split]
             yield SparseBatch(b.y.to(self.device), b.x.to(self.device))
         else:
-            raise ValueError(f"sparse_coding: split must be train, val or test, got split={split!r}")
+            raise CheckError("split", "one of train, val, test", split)
 
     def observation_batch(self, y: Tensor) -> SparseBatch:
         """Measurements ``y`` (B, m) of codes under this problem's A (``self.A``), with no true codes."""
         if y.ndim != 2 or y.shape[1] != self.m:
-            raise ValueError(f"sparse_coding: y must have shape (B, m) = (B, {self.m}), got {tuple(y.shape)}")
+            raise CheckError("y", f"shape (B, m) = (B, {self.m})", tuple(y.shape))
         return SparseBatch(y, None)
 
     def degradation(self) -> str:
