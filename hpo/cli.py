@@ -386,7 +386,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     p = sub.add_parser("version", help="print the version")
     p.set_defaults(func=_cmd_version)
+    _add_training_commands(sub)
+    _add_cluster_commands(sub)
+    _add_result_commands(sub)
+    _add_solver_and_dashboard_commands(sub)
+    return parser
 
+
+def _with_storage(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument("--storage", default=DEFAULT_STORAGE, help=f"Optuna storage URL (default: {DEFAULT_STORAGE})")
+    return p
+
+
+def _add_training_commands(sub) -> None:
+    """train, check and run: one model, a problem's conformance, a tuning job."""
     p = sub.add_parser("train", help="train one BMO model on a task, without tuning")
     p.add_argument("task", help="registry name (e.g. sparse_coding) or module:Class of your own Problem")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -415,6 +428,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start a new study with the best 5 configurations of STUDY (same storage), fitted to this space")
     p.set_defaults(func=_cmd_run)
 
+
+
+def _add_cluster_commands(sub) -> None:
+    """submit and jobs: tuning jobs on a Ray cluster through Ray Jobs."""
     p = sub.add_parser("submit", help="submit a tuning job to a Ray cluster (Ray Jobs)")
     p.add_argument("spec", help="job spec (YAML)")
     p.add_argument("--address", default=None, help="the cluster's jobs API (default: $RAY_ADDRESS or http://127.0.0.1:8265)")
@@ -431,30 +448,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--follow", "-f", action="store_true", help="with logs: stream until the job ends")
     p.set_defaults(func=_cmd_jobs)
 
-    def with_storage(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        p.add_argument("--storage", default=DEFAULT_STORAGE, help=f"Optuna storage URL (default: {DEFAULT_STORAGE})")
-        return p
 
-    p = with_storage(sub.add_parser("studies", help="list the studies in a storage"))
+def _add_result_commands(sub) -> None:
+    """studies, trials, best, export and model: reading a storage back."""
+    p = _with_storage(sub.add_parser("studies", help="list the studies in a storage"))
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_cmd_studies)
-    p = with_storage(sub.add_parser("trials", help="a study's trials as a table"))
+    p = _with_storage(sub.add_parser("trials", help="a study's trials as a table"))
     p.add_argument("study")
     p.set_defaults(func=_cmd_trials)
-    p = with_storage(sub.add_parser("best", help="a study's best trial (Pareto front if multi-objective)"))
+    p = _with_storage(sub.add_parser("best", help="a study's best trial (Pareto front if multi-objective)"))
     p.add_argument("study")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_cmd_best)
-    p = with_storage(sub.add_parser("export", help="export a study's trials"))
+    p = _with_storage(sub.add_parser("export", help="export a study's trials"))
     p.add_argument("study")
     p.add_argument("--format", choices=("csv", "json"), default="csv")
     p.add_argument("--output", "-o", help="write to this file (atomically) instead of stdout")
     p.set_defaults(func=_cmd_export)
-    p = with_storage(sub.add_parser("model", help="write a trial's trained solver to a file (default: the best trial's)"))
+    p = _with_storage(sub.add_parser("model", help="write a trial's trained solver to a file (default: the best trial's)"))
     p.add_argument("study")
     p.add_argument("--trial", type=int, help="trial number (default: the best trial; needed for multi-objective studies)")
     p.add_argument("--output", "-o", metavar="FILE", help="where to write it (default: STUDY-trialN-solver.pt here; replaced if present)")
     p.set_defaults(func=_cmd_model)
+
+
+def _add_solver_and_dashboard_commands(sub) -> None:
+    """apply (a trained solver on a user's data) and dashboard."""
     p = sub.add_parser("apply", help="run a trained solver on your data: a grayscale PNG (image tasks) or a .npy array")
     p.add_argument("file", help="solver file (from `hpo model`, or solver.pt from workers.save_solver)")
     p.add_argument("--input", "-i", required=True, metavar="IN", help="the observation: a grayscale PNG, or .npy (m,) or (B, m)")
@@ -462,7 +482,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--K", type=int, help="solver steps (default: the solver's eval_K, else K)")
     p.add_argument("--device", choices=("cpu", "cuda"), help="where to run (default: where it was trained, when available)")
     p.set_defaults(func=_cmd_apply)
-    p = with_storage(sub.add_parser("dashboard", help="serve optuna-dashboard over the storage (on 127.0.0.1)"))
+    p = _with_storage(sub.add_parser("dashboard", help="serve optuna-dashboard over the storage (on 127.0.0.1)"))
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default: 127.0.0.1; anything but loopback needs --allow-remote)")
     p.add_argument("--port", type=int, default=8080, help="port to listen on (default: 8080; 0 picks a free one)")
@@ -472,7 +492,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="trial artifact directory (default: artifacts/ beside a SQLite storage, else hpo-results/artifacts)")
     p.add_argument("--quiet", action="store_true", help="do not log each request")
     p.set_defaults(func=_cmd_dashboard)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

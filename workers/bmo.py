@@ -482,6 +482,30 @@ def _make_optimizer(config: BMOConfig, problem: Problem):
     return torch.optim.SGD(param_groups, lr=config.gamma)
 
 
+def _step_omega(optimizer, params: list[Tensor], grads, config: BMOConfig, average: list[Tensor] | None, step: int) -> None:
+    """One optimizer step on ω with the hypergradient ``grads`` (clipped), then the moving average of ω."""
+    for p, g in zip(params, grads):
+        p.grad = g
+    if config.grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+    optimizer.step()
+    if not all(bool(torch.isfinite(p).all()) for p in params):
+        raise DivergenceError(step, None, "omega")
+    if average is not None:
+        with torch.no_grad():
+            for a, p in zip(average, params):
+                a.lerp_(p.detach(), 1.0 - config.average)
+
+
+def _validate(problem: Problem, config: BMOConfig, average: list[Tensor] | None) -> dict[str, float]:
+    """Validation metrics ``val_*`` of ω, and ``val_avg_*`` of its moving average when one is kept."""
+    val = {f"val_{name}": v for name, v in evaluate(problem, config, "val").items()}
+    if average is not None:
+        with using_weights(problem, average):
+            val.update({f"val_avg_{name}": v for name, v in evaluate(problem, config, "val").items()})
+    return val
+
+
 def train(
     problem: Problem,
     config: BMOConfig,
@@ -534,17 +558,7 @@ def train(
             u0 = u_prev
         loss, u_K, grads, adjoint_residual = hypergradient(problem, batch, config, u0=u0, outer_step=step)
         if optimizer is not None:
-            for p, g in zip(params, grads):
-                p.grad = g
-            if config.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
-            optimizer.step()
-            if not all(bool(torch.isfinite(p).all()) for p in params):
-                raise DivergenceError(step, None, "omega")
-            if average is not None:
-                with torch.no_grad():
-                    for a, p in zip(average, params):
-                        a.lerp_(p.detach(), 1.0 - config.average)
+            _step_omega(optimizer, params, grads, config, average, step)
         u_prev = u_K
         metrics = {"upper_loss": float(loss), "fp_residual": fp_residual(problem, u_K, batch, config.K + 1)}
         if adjoint_residual is not None:
@@ -552,11 +566,7 @@ def train(
         if not math.isfinite(metrics["upper_loss"]):
             raise DivergenceError(step, None, "upper_loss")
         if step == 1 or step % config.eval_every == 0 or step == config.outer_steps:
-            val = {f"val_{name}": v for name, v in evaluate(problem, config, "val").items()}
-            if average is not None:
-                with using_weights(problem, average):
-                    val.update({f"val_avg_{name}": v for name, v in evaluate(problem, config, "val").items()})
-            val_step = step
+            val, val_step = _validate(problem, config, average), step
         metrics.update(val)
         metrics["val_step"] = val_step
         metrics["seconds"] = earlier + time.perf_counter() - clock
