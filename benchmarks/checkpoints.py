@@ -41,7 +41,7 @@ REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO))
 
-from machine import machine_info, torch_info  # noqa: E402  (benchmarks/machine.py)
+from machine import machine_info, print_goals, torch_info  # noqa: E402  (benchmarks/machine.py)
 
 SPECS = ("quickstart", "sparse_coding", "deconvolution", "derain")
 DEFAULT_CHECKPOINTS = 4  # checkpoint_every: 0 checkpoints at 1/4, 1/2, 3/4 and the end
@@ -210,8 +210,7 @@ def main() -> int:
                       ("killed + resume, from step 1", resume["from_step_1"])):
         print(f"{name:<34}{run['killed_run_s'] + run['resume_s']:>9.1f}{run['ratio']:>8.2f}   "
               f"(restart {run['restart_s']:.1f} s; resumed from {run['resumed_from']})")
-    for goal, ok in goals.items():
-        print(f"goal {goal}: {'met' if ok else 'NOT met'}")
+    print_goals(goals)
     print(f"wrote {args.output}")
     return 0
 

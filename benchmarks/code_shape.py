@@ -19,6 +19,9 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from machine import print_goals  # noqa: E402  (benchmarks/machine.py)
 PACKAGES = ("hpo", "workers")
 
 
@@ -80,8 +83,7 @@ def main() -> int:
         print(f"{f0[:62]:<62}{n0:>6}   {f1[:62]:<62}{n1:>6}")
     print(f"sum of the {args.top} longest: {sum(n for n, _ in before[: args.top])} -> {sum(n for n, _ in after[: args.top])} lines; "
           f"functions: {len(before)} -> {len(after)}")
-    for goal, ok in result["goals"].items():
-        print(f"goal {goal}: {'met' if ok else 'NOT met'}")
+    print_goals(result["goals"])
     return 0
 
 

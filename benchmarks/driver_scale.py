@@ -27,7 +27,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # the no-op task is `noop:NoOp`
 sys.path.insert(0, str(HERE.parent))
 
-from machine import machine_info  # noqa: E402  (benchmarks/machine.py)
+from machine import machine_info, print_goals  # noqa: E402  (benchmarks/machine.py)
 
 MILESTONES = (500, 2000, 10000)
 
@@ -96,8 +96,7 @@ def main() -> int:
         print(f"{s['trials']:>8}{s['rss_mb']:>10.0f}{s['trials_per_min'] or 0:>12.0f}")
     print(f"RSS growth from trial {first['trials']}: {growth:+.0f} MB; throughput change: {-100 * slowdown:+.0f}%; "
           f"Tune experiment state: {experiment_state / 1024:.0f} KiB")
-    for goal, ok in result["goals"].items():
-        print(f"goal {goal}: {'met' if ok else 'NOT met'}")
+    print_goals(result["goals"])
     print(f"wrote {args.output}")
     return 0
 

@@ -1,4 +1,5 @@
-"""What every benchmark's JSON records about the machine it ran on (time-budgeted figures depend on it)."""
+"""What every benchmark's JSON records about the machine it ran on (time-budgeted figures depend on it), and
+the lines every benchmark ends with: its goals, met or not."""
 
 from __future__ import annotations
 
@@ -32,3 +33,9 @@ def machine_info(**extra) -> dict:
     """Platform, CPU model and count, Python version, and the benchmark's own ``extra`` entries."""
     return {"platform": platform.platform(), "cpu": cpu_model(), "cpu_count": os.cpu_count(),
             "python": platform.python_version(), **extra}
+
+
+def print_goals(goals: dict[str, bool]) -> None:
+    """One line per goal of a benchmark's ``goals`` mapping: met, or NOT met."""
+    for goal, ok in goals.items():
+        print(f"goal {goal}: {'met' if ok else 'NOT met'}")

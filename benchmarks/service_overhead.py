@@ -32,7 +32,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # the no-op task is `noop:NoOp`
 sys.path.insert(0, str(HERE.parent))
 
-from machine import machine_info  # noqa: E402  (benchmarks/machine.py)
+from machine import machine_info, print_goals  # noqa: E402  (benchmarks/machine.py)
 
 CONCURRENCY = 2
 
@@ -195,8 +195,7 @@ def main() -> int:
         print(f"{m:<28}{v:>10.4f}{v / base:>10.2f}")
     print(f"\nper report: {per_report * 1000:.2f} ms; share of a 1-second trial with 10 validations: "
           f"{100 * result['report_share_of_1s_trial']:.2f}%")
-    for goal, ok in result["goals"].items():
-        print(f"goal {goal}: {'met' if ok else 'NOT met'}")
+    print_goals(result["goals"])
     print(f"wrote {args.output}")
     return 0
 
