@@ -1,0 +1,35 @@
+"""The transfer benchmark's smoke run writes its JSON schema and table."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+def test_quick_transfer_run_writes_pairs_and_goal(tmp_path):
+    out = tmp_path / "transfer.json"
+    proc = subprocess.run([sys.executable, "benchmarks/transfer.py", "--quick", "--output", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert len(result["source"]) == result["setup"]["trials"] == 3
+    (pair,) = result["pairs"]
+    assert len(pair["unseeded"]) == len(pair["seeded"]) == 3
+    assert 1 <= pair["unseeded_trials_to_target"] <= 3  # the unseeded study reaches its own best
+    assert 1 <= pair["seeded_trials_to_target"] <= 4  # 4: never
+    assert set(result["median_trials_to_target"]) == {"unseeded", "seeded"}
+    assert list(result["goals"]) == ["seeded reaches the unseeded best in fewer trials (median over seeds)"]
+    assert "median trials to the unseeded best" in proc.stdout
+
+
+def test_trials_to_reach_counts_from_one_and_says_never_with_one_past_the_end():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from transfer import trials_to_reach
+
+    assert trials_to_reach([20.0, None, 25.0, 24.0], 25.0) == 3
+    assert trials_to_reach([20.0, None], 25.0) == 3
