@@ -16,6 +16,6 @@ def test_quick_packing_run_writes_rows_and_goal(tmp_path):
     result = json.loads(out.read_text())
     assert [r["B"] for r in result["rows"]] == [1, 2]
     for row in result["rows"]:
-        assert row["failed"] == 0 and row["solo_s"] > 0 and row["packed_s"] > 0
+        assert row["completed_solo"] == row["completed_packed"] == row["B"] and row["solo_s"] > 0 and row["packed_s"] > 0
         assert row["speedup"] == row["solo_s"] / row["packed_s"]
     assert list(result["goals"]) == ["at least 5x configurations per hour at B = 16 on cpu"]

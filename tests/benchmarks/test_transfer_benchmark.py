@@ -20,16 +20,19 @@ def test_quick_transfer_run_writes_pairs_and_goal(tmp_path):
     assert len(result["source"]) == result["setup"]["trials"] == 3
     (pair,) = result["pairs"]
     assert len(pair["unseeded"]) == len(pair["seeded"]) == 3
-    assert 1 <= pair["unseeded_trials_to_target"] <= 3  # the unseeded study reaches its own best
-    assert 1 <= pair["seeded_trials_to_target"] <= 4  # 4: never
+    assert pair["target_psnr"] == min(pair["unseeded_best"], pair["seeded_best"])  # a level both reach
+    assert 1 <= pair["unseeded_trials_to_target"] <= 3 and 1 <= pair["seeded_trials_to_target"] <= 3
     assert set(result["median_trials_to_target"]) == {"unseeded", "seeded"}
-    assert list(result["goals"]) == ["seeded reaches the unseeded best in fewer trials (median over seeds)"]
-    assert "median trials to the unseeded best" in proc.stdout
+    assert list(result["goals"]) == ["seeded reaches the target in fewer trials (median over seeds)"]
+    assert "median trials to the target" in proc.stdout
 
 
 def test_trials_to_reach_counts_from_one_and_says_never_with_one_past_the_end():
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from transfer import trials_to_reach
+    from transfer import compare, trials_to_reach
 
     assert trials_to_reach([20.0, None, 25.0, 24.0], 25.0) == 3
     assert trials_to_reach([20.0, None], 25.0) == 3
+    pair = compare(1, [20.0, 26.0, 24.0], [25.0, None, 27.0])
+    assert pair["target_psnr"] == 26.0 and pair["unseeded_trials_to_target"] == 2 and pair["seeded_trials_to_target"] == 3
+    assert compare(1, [None], [None])["seeded_trials_to_target"] == 2  # nothing completed: never
