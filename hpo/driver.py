@@ -36,8 +36,9 @@ from hpo.resume import SPEC_ATTR, prepare_study, spec_fingerprint
 from hpo.search import StudySearch, lost_reason
 from hpo.seeding import seed_study, source_study
 from hpo.space import define_by_run, make_sampler, startup_trials
-from hpo.spec import DEFAULT_STORAGE, JobSpec, check_against_task
+from hpo.spec import DEFAULT_STORAGE, JobSpec
 from hpo.storage import check_storage, open_artifact_store, open_storage
+from hpo.task_check import check_against_task
 from hpo.writer import StorageWriter
 from workers import protocol as P
 
@@ -135,12 +136,13 @@ def _outer_steps(spec: JobSpec) -> int:
 
 
 
-def _startup_note(spec: JobSpec, finished: int) -> str:
-    """How many of the study's first trials the sampler draws at random before it models the results."""
+def _startup_note(spec: JobSpec, told: int) -> str:
+    """How many of the study's first trials the sampler draws at random before it models the results
+    (``told``: the study's COMPLETE and PRUNED trials, those the samplers count)."""
     startup = startup_trials(spec.sampler.name, spec.sampler.n_startup_trials)
     if startup is None:
         return ""
-    left = max(0, startup - finished)
+    left = max(0, startup - told)
     if left == 0:
         return f" ({spec.sampler.name}: past its {startup} random start-up trials)"
     return f" ({spec.sampler.name}: {left} random start-up trials, then guided by the results)"
@@ -238,7 +240,7 @@ def _run(spec: JobSpec, storage, resume: bool, take: Callable[[optuna.Study], No
     scheduler = _scheduler(spec, search.stopped_by_scheduler)
     again = f", continuing {len(continuing)}" if continuing else ""
     out(f"study {spec.study!r} in {spec.storage}: running {new} new trials{again}, {spec.concurrency} at a time"
-        f"{_startup_note(spec, finished)}")
+        f"{_startup_note(spec, counts.get(TrialState.COMPLETE, 0) + counts.get(TrialState.PRUNED, 0))}")
     interrupt = Interrupt(search, writer, out)
     try:
         _fit(spec, search, scheduler, TrialWatch(search, progress, spec.max_retries), interrupt, new + len(continuing))

@@ -9,7 +9,7 @@ from typing import Any
 
 import optuna
 
-from hpo.spec import JobSpec, Param
+from hpo.spec import STARTUP_SAMPLERS, JobSpec, Param
 
 
 def distribution(p: Param) -> optuna.distributions.BaseDistribution:
@@ -45,16 +45,16 @@ def define_by_run(spec: JobSpec) -> Callable[[optuna.Trial], None]:
     return suggest
 
 
-_SAMPLER_CLASSES = {"tpe": "TPESampler", "gp": "GPSampler", "cmaes": "CmaEsSampler"}  # those with random start-up trials
+_STARTUP_CLASSES = {"tpe": "TPESampler", "gp": "GPSampler", "cmaes": "CmaEsSampler"}  # spec.STARTUP_SAMPLERS' classes
 
 
 def startup_trials(name: str, n_startup_trials: int | None) -> int | None:
     """How many random trials sampler ``name`` draws before it models the results (None: it never does)."""
-    if name not in _SAMPLER_CLASSES:
+    if name not in STARTUP_SAMPLERS:
         return None
     if n_startup_trials is not None:
         return n_startup_trials
-    return inspect.signature(getattr(optuna.samplers, _SAMPLER_CLASSES[name])).parameters["n_startup_trials"].default
+    return inspect.signature(getattr(optuna.samplers, _STARTUP_CLASSES[name])).parameters["n_startup_trials"].default
 
 
 def make_sampler(name: str, seed: int | None, n_startup_trials: int | None = None) -> optuna.samplers.BaseSampler:

@@ -176,7 +176,7 @@ def _mapping(where: str, v, allowed: tuple[str, ...] | None = None) -> dict:
         raise CheckError(where, "a mapping", v)
     for key in v:
         if not isinstance(key, str):
-            raise CheckError(where, "string keys", key)
+            raise CheckError(where or "spec", "string keys", key)
         if allowed is not None and key not in allowed:
             raise spec_error(f"{where}.{key}" if where else key, f"unknown field (allowed: {', '.join(allowed)})")
     return v
@@ -541,13 +541,6 @@ def _parse(data: Any, source: str) -> JobSpec:
         concurrency=check_int("concurrency", data.get("concurrency", 1), minimum=1),
         storage=_storage_url(data.get("storage", DEFAULT_STORAGE)),
     )
-
-
-def check_against_task(spec: JobSpec) -> list[str]:
-    """``hpo.task_check.check_against_task`` (imports torch), for the callers that import it from here."""
-    from hpo.task_check import check_against_task as check
-
-    return check(spec)
 
 
 def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> JobSpec:

@@ -212,7 +212,6 @@ class DouglasRachford(_ProxSplitting):
 
 SPLITTINGS: dict[str, type[Splitting]] = {"fb": ForwardBackward, "hqs": HalfQuadraticSplitting, "drs": DouglasRachford}
 SCHEMES = tuple(SPLITTINGS)
-PROX_SCHEMES = tuple(name for name, cls in SPLITTINGS.items() if cls.prox)  # the data term by its prox (FFT: circular only)
 
 
 @dataclass(frozen=True)
