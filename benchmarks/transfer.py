@@ -102,7 +102,7 @@ def main() -> int:
             plain = run(spec_for(args, f"deconv-3pct-{seed}", 0.03, 100 + seed, None, storage, results_dir))
             seeded = run(spec_for(args, f"deconv-3pct-seeded-{seed}", 0.03, 100 + seed,
                                   {"study": "deconv-1pct", "k": args.k}, storage, results_dir))
-            pairs.append(compare(100 + seed, plain, seeded))
+            pairs.append(compare(100 + seed, plain, seeded, args.k))
             p = pairs[-1]
             print(f"  seed {p['seed']}: target {p['target_psnr'] or float('nan'):.3f} dB, reached at trial {p['unseeded_trials_to_target']} "
                   f"unseeded and {p['seeded_trials_to_target']} seeded", flush=True)
@@ -115,14 +115,16 @@ def main() -> int:
     return 0
 
 
-def compare(seed: int, plain: list[float | None], seeded: list[float | None]) -> dict:
-    """One pair of 3% studies: the target both reach (the lower of their best values) and the trials each needs."""
+def compare(seed: int, plain: list[float | None], seeded: list[float | None], k: int) -> dict:
+    """One pair of 3% studies: the target both reach (the lower of their best values), the trials each needs,
+    and each one's best after its first ``k`` trials (the seeded study's are the source's configurations)."""
     best = lambda values: max((v for v in values if v is not None), default=None)  # noqa: E731
     bests = [b for b in (best(plain), best(seeded)) if b is not None]
     target = min(bests) if bests else None
     never = len(plain) + 1
     return {"seed": seed, "unseeded": plain, "seeded": seeded, "target_psnr": target,
             "unseeded_best": best(plain), "seeded_best": best(seeded),
+            "unseeded_best_after_k": best(plain[:k]), "seeded_best_after_k": best(seeded[:k]),
             "unseeded_trials_to_target": never if target is None else trials_to_reach(plain, target),
             "seeded_trials_to_target": never if target is None else trials_to_reach(seeded, target)}
 
@@ -137,10 +139,13 @@ def report(head: dict, source: list, pairs: list[dict], output: Path) -> None:
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(result, indent=2) + "\n")
     f = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
-    print(f"\n{'seed':>6}{'target dB':>11}{'unseeded: trials':>18}{'seeded: trials':>16}{'unseeded best':>15}{'seeded best':>13}")
+    k = head["setup"]["k"]
+    print(f"\n{'seed':>6}{'target dB':>11}{'unseeded: trials':>18}{'seeded: trials':>16}{'unseeded best':>15}{'seeded best':>13}"
+          f"{f'unseeded after {k}':>18}{f'seeded after {k}':>16}")
     for p in pairs:
         print(f"{p['seed']:>6}{f(p['target_psnr']):>11}{p['unseeded_trials_to_target']:>18}{p['seeded_trials_to_target']:>16}"
-              f"{f(p['unseeded_best']):>15}{f(p['seeded_best']):>13}")
+              f"{f(p['unseeded_best']):>15}{f(p['seeded_best']):>13}{f(p['unseeded_best_after_k']):>18}"
+              f"{f(p['seeded_best_after_k']):>16}")
     print(f"median trials to the target: unseeded {unseeded:g}, seeded {seeded:g} (of {head['setup']['trials']})")
     print_goals(result["goals"])
     print(f"wrote {output}")
@@ -149,7 +154,7 @@ def report(head: dict, source: list, pairs: list[dict], output: Path) -> None:
 def resummarize(path: Path) -> int:
     """Recompute the pairs and table of a written result from its per-trial values (``--summarize``)."""
     saved = json.loads(path.read_text())
-    pairs = [compare(p["seed"], p["unseeded"], p["seeded"]) for p in saved["pairs"]]
+    pairs = [compare(p["seed"], p["unseeded"], p["seeded"], saved["setup"]["k"]) for p in saved["pairs"]]
     report({k: saved[k] for k in ("machine", "setup", "seconds")}, saved["source"], pairs, path)
     return 0
 

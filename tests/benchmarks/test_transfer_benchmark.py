@@ -33,6 +33,7 @@ def test_trials_to_reach_counts_from_one_and_says_never_with_one_past_the_end():
 
     assert trials_to_reach([20.0, None, 25.0, 24.0], 25.0) == 3
     assert trials_to_reach([20.0, None], 25.0) == 3
-    pair = compare(1, [20.0, 26.0, 24.0], [25.0, None, 27.0])
+    pair = compare(1, [20.0, 26.0, 24.0], [25.0, None, 27.0], k=1)
     assert pair["target_psnr"] == 26.0 and pair["unseeded_trials_to_target"] == 2 and pair["seeded_trials_to_target"] == 3
-    assert compare(1, [None], [None])["seeded_trials_to_target"] == 2  # nothing completed: never
+    assert pair["unseeded_best_after_k"] == 20.0 and pair["seeded_best_after_k"] == 25.0
+    assert compare(1, [None], [None], k=1)["seeded_trials_to_target"] == 2  # nothing completed: never
