@@ -252,7 +252,7 @@ def main() -> int:
         return resummarize(Path(args.summarize))
     args.m, args.n, args.val_size = 64, 128, 1000
     if args.quick:
-        args.seeds, args.trials, args.outer_steps, args.eval_every = 1, 3, 20, 10
+        args.seeds, args.trials, args.outer_steps, args.eval_every = 1, 2, 20, 10
         args.m, args.n, args.val_size = 16, 32, 64
     output = Path(args.output or HERE / "results" / ("tuning-quick.json" if args.quick else "tuning.json"))
     import ray
